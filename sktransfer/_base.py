@@ -1,0 +1,53 @@
+"""What both estimators share: input checks, backbone loading and seeding."""
+
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from sklearn.utils import check_random_state
+
+from ._backbones import build_from_module, build_named
+from ._input import check_images, check_module_input, first_batch
+
+
+@contextmanager
+def torch_seed(random_state):
+    """Seed torch from ``random_state`` without touching the caller's RNG state."""
+    seed = int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+class BackboneMixin:
+    """Input checks and backbone loading for estimators with ``backbone``/``weights``."""
+
+    def _check_input(self, X, reset):
+        if isinstance(self.backbone, str):
+            return check_images(X, self.backbone)
+        return check_module_input(self, X, reset=reset)
+
+    def _check_common_params(self):
+        if not isinstance(self.backbone, str) and self.input_size is not None:
+            raise ValueError(
+                f"input_size={self.input_size!r} only applies to a named image backbone; "
+                f"a backbone given as a module takes its input as it is. Use "
+                f"input_size=None."
+            )
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError) as exc:
+            raise ValueError(
+                f"device={self.device!r} is not a torch device; use e.g. 'cpu' or 'cuda'."
+            ) from exc
+
+    def _load_backbone(self, X, check_n_blocks=None):
+        """Build the backbone's :class:`Body` with its weights, output size known."""
+        if isinstance(self.backbone, str):
+            loaded = build_named(self.backbone, self.weights, self.input_size, check_n_blocks)
+            size = loaded.body.preprocess.size
+            loaded.body.infer_output_dim(torch.zeros(1, 3, size, size))
+            return loaded
+        return build_from_module(
+            self.backbone, self.weights, first_batch(X, None), check_n_blocks
+        )

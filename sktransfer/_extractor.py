@@ -1,0 +1,155 @@
+"""PretrainedFeatureExtractor: a frozen pretrained backbone as a transformer."""
+
+import os
+from numbers import Integral
+
+import numpy as np
+import torch
+from sklearn.base import (
+    BaseEstimator,
+    ClassNamePrefixFeaturesOutMixin,
+    TransformerMixin,
+    _fit_context,
+)
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+from torch import nn
+from torchvision.models import WeightsEnum
+
+from ._backbones import list_backbones
+from ._base import BackboneMixin, torch_seed
+from ._input import iter_batches
+
+
+class PretrainedFeatureExtractor(
+    BackboneMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator
+):
+    """Embed inputs with a frozen pretrained backbone, for any scikit-learn model.
+
+    ``fit`` loads the backbone; ``transform`` returns its pooled output
+    (global average of the last feature maps) as a float32 ``(n, d)`` array,
+    computed in eval mode, without gradients, in batches.
+
+    Parameters
+    ----------
+    backbone : str or torch.nn.Sequential, default="resnet18"
+        A name from :func:`list_backbones`, or an ``nn.Sequential`` of blocks
+        that takes numeric arrays as they are (copied, never modified).
+    weights : str, path, torchvision weights enum or None, default="DEFAULT"
+        As in :class:`FineTunedClassifier`; ``None`` gives randomly
+        initialised features, a baseline.
+    batch_size : int, default=64
+        Number of inputs per forward pass.
+    input_size : int or None, default=None
+        Side in pixels images are resized to; ``None`` uses the weights' own.
+        Only for named backbones.
+    device : str, default="cpu"
+        Torch device of the forward passes.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the initialisation of lazy layers and of ``weights=None``.
+
+    Attributes
+    ----------
+    backbone_ : torch.nn.Module
+        The frozen backbone, preprocessing included, in eval mode.
+    n_features_in_ : int
+        Number of features, for 2-D input to a module backbone.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of features, when ``X`` has string column names.
+
+    See Also
+    --------
+    FineTunedClassifier : Fine-tune the backbone with a new head.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from torch import nn
+    >>> from sktransfer import PretrainedFeatureExtractor
+    >>> X = np.random.RandomState(0).normal(size=(10, 5))
+    >>> backbone = nn.Sequential(nn.Linear(5, 8), nn.ReLU())
+    >>> PretrainedFeatureExtractor(backbone=backbone).fit_transform(X).shape
+    (10, 8)
+    """
+
+    _parameter_constraints = {
+        "backbone": [StrOptions(set(list_backbones())), nn.Sequential],
+        "weights": [None, str, os.PathLike, WeightsEnum],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "input_size": [None, Interval(Integral, 1, None, closed="left")],
+        "device": [str, torch.device],
+        "random_state": ["random_state"],
+    }
+
+    def __init__(
+        self,
+        *,
+        backbone="resnet18",
+        weights="DEFAULT",
+        batch_size=64,
+        input_size=None,
+        device="cpu",
+        random_state=None,
+    ):
+        self.backbone = backbone
+        self.weights = weights
+        self.batch_size = batch_size
+        self.input_size = input_size
+        self.device = device
+        self.random_state = random_state
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Load the backbone and its weights.
+
+        Parameters
+        ----------
+        X : array-like or list of paths
+            Images for a named backbone; what the module takes for a module.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : PretrainedFeatureExtractor
+            The fitted transformer.
+        """
+        self._check_common_params()
+        X = self._check_input(X, reset=True)
+        with torch_seed(self.random_state):
+            body = self._load_backbone(X).body
+        body.requires_grad_(False)
+        self.backbone_ = body.eval().to(self.device)
+        return self
+
+    @property
+    def _n_features_out(self):
+        return self.backbone_.output_dim
+
+    def transform(self, X):
+        """Embed ``X`` with the frozen backbone.
+
+        Parameters
+        ----------
+        X : array-like or list of paths
+            Input in the form used for ``fit``.
+
+        Returns
+        -------
+        X_new : ndarray of shape (n_samples, n_features_out)
+            Pooled backbone features, float32.
+        """
+        check_is_fitted(self)
+        X = self._check_input(X, reset=False)
+        preprocess = self.backbone_.preprocess
+        with torch.inference_mode():
+            features = [
+                self.backbone_(xb.to(self.device)).cpu().numpy()
+                for xb in iter_batches(X, preprocess, self.batch_size)
+            ]
+        return np.concatenate(features).astype(np.float32, copy=False)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        return tags

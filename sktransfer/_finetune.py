@@ -1,0 +1,363 @@
+"""FineTunedClassifier: new head, warm-up, then the top blocks fine-tuned."""
+
+import os
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
+from sklearn.preprocessing import LabelEncoder
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_consistent_length, check_is_fitted, validate_data
+from skorch import NeuralNetClassifier
+from skorch.callbacks import Callback
+from torch import nn
+from torchvision.models import WeightsEnum
+
+from ._backbones import list_backbones
+from ._base import BackboneMixin, torch_seed
+from ._freeze import block_param_groups, count_trainable
+from ._input import as_dataset
+from ._modules import TransferModule
+
+_OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+
+
+class _TransferNet(NeuralNetClassifier):
+    """skorch classifier whose optimizer only ever receives trainable parameters."""
+
+    def get_all_learnable_params(self):
+        for name, param in self.module_.named_parameters():
+            if param.requires_grad:
+                yield name, param
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        # ``module`` is the instance that became ``module_``: pickle the weights once.
+        if isinstance(state.get("module"), nn.Module):
+            state["module"] = type(state["module"])
+        return state
+
+
+class _Recipe(Callback):
+    """Unfreeze the top ``depth`` blocks once ``warmup_epochs`` epochs are done.
+
+    The unfrozen blocks join the optimizer as new parameter groups (fresh
+    optimizer state) at their own learning rates; the head keeps its group.
+    Each epoch's phase and number of trainable parameters go to the history.
+    """
+
+    def __init__(self, warmup_epochs, depth, backbone_lr, layer_decay, train_bn, phase):
+        self.warmup_epochs = warmup_epochs
+        self.depth = depth
+        self.backbone_lr = backbone_lr
+        self.layer_decay = layer_decay
+        self.train_bn = train_bn
+        self.phase = phase
+
+    def on_epoch_begin(self, net, **kwargs):
+        epoch = len(net.history)
+        module = net.module_
+        if epoch == self.warmup_epochs + 1:
+            module.set_trainable_depth(self.depth, self.train_bn)
+            groups = block_param_groups(
+                module.body.blocks, self.depth, self.backbone_lr, self.layer_decay
+            )
+            for group in groups:
+                net.optimizer_.add_param_group(group)
+        phase = "warmup" if epoch <= self.warmup_epochs else self.phase
+        net.history.record("phase", phase)
+        net.history.record("n_trainable_params", count_trainable(module))
+
+
+class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
+    """Fine-tune a pretrained backbone with a new head, the transfer recipe.
+
+    One ``fit`` replaces the backbone's head with a linear layer for the
+    classes of ``y``, trains that head alone for ``warmup_epochs`` epochs with
+    the backbone frozen, then unfreezes the top ``unfreeze_depth`` blocks and
+    trains them at ``backbone_lr`` (times ``layer_decay ** k`` for the block
+    ``k`` places below the top) while the head keeps ``lr``, until
+    ``max_epochs``. BatchNorm layers stay in eval mode, statistics and affine
+    parameters frozen, unless ``train_bn=True``. With ``weights=None`` the same
+    architecture is randomly initialised and trained from scratch: every
+    parameter at ``lr``, no warm-up, BatchNorm training.
+
+    Training goes through a skorch ``NeuralNetClassifier`` (``net_``).
+
+    Parameters
+    ----------
+    backbone : str or torch.nn.Sequential, default="resnet18"
+        A name from :func:`list_backbones` (a torchvision image model whose
+        input is images), or an ``nn.Sequential`` whose children are the
+        ordered blocks, which takes numeric arrays as they are. The module is
+        copied, never modified. It may start with lazy layers
+        (``nn.LazyLinear``), sized on the data at fit.
+    weights : str, path, torchvision weights enum or None, default="DEFAULT"
+        ``"DEFAULT"``: torchvision's default pretrained weights for a name, the
+        module's own weights for a module. A weights enum member or its name
+        (``"IMAGENET1K_V1"``). A path to a state-dict file, read with
+        ``weights_only=True``. ``None``: random initialisation, trained from
+        scratch.
+    unfreeze_depth : int or "all", default=1
+        Number of backbone blocks, counted from the top, trained after the
+        warm-up; 0 trains the head only.
+    lr : float, default=1e-3
+        Learning rate of the head (and of every parameter with ``weights=None``).
+    backbone_lr : float, default=1e-4
+        Learning rate of the top unfrozen block.
+    layer_decay : float, default=1.0
+        Factor in ``(0, 1]`` applied once per block going down.
+    warmup_epochs : int, default=1
+        Epochs with the backbone frozen and only the head training.
+    max_epochs : int, default=10
+        Total number of epochs, warm-up included.
+    batch_size : int, default=32
+        Batch size for training and prediction.
+    input_size : int or None, default=None
+        Side in pixels images are resized to; ``None`` uses the weights' own.
+        Only for named backbones.
+    train_bn : bool, default=False
+        Whether BatchNorm layers of unfrozen blocks update their statistics and
+        affine parameters.
+    optimizer : {"adam", "adamw", "sgd"} or torch optimizer class, default="adam"
+        ``"sgd"`` uses momentum 0.9.
+    weight_decay : float, default=0.0
+        Weight decay of every parameter group.
+    random_state : int, RandomState instance or None, default=None
+        Seeds weight initialisation and batch shuffling.
+    device : str, default="cpu"
+        Torch device to train and predict on.
+    verbose : int, default=0
+        Verbosity of skorch's per-epoch log.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        Class labels.
+    n_features_in_ : int
+        Number of features, for 2-D input to a module backbone.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of features, when ``X`` has string column names.
+    net_ : skorch.NeuralNetClassifier
+        The fitted net; its module is backbone blocks plus head.
+    n_blocks_ : int
+        Number of blocks of the backbone.
+    unfreeze_depth_ : int
+        Number of top blocks trained after the warm-up (``n_blocks_`` for
+        ``weights=None``).
+    n_trainable_params_ : dict
+        Number of trainable parameters in each phase (``"warmup"``,
+        ``"finetune"`` or ``"scratch"``).
+    history_ : list of dict
+        Per epoch: ``epoch``, ``phase``, ``train_loss`` and ``dur`` (seconds).
+
+    See Also
+    --------
+    PretrainedFeatureExtractor : Frozen backbone as a transformer.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from torch import nn
+    >>> from sktransfer import FineTunedClassifier
+    >>> rng = np.random.RandomState(0)
+    >>> X = rng.normal(size=(40, 5)).astype(np.float32)
+    >>> y = (X[:, 0] > 0).astype(int)
+    >>> backbone = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 8), nn.ReLU())
+    >>> clf = FineTunedClassifier(backbone=backbone, unfreeze_depth=2, lr=1e-2,
+    ...                           backbone_lr=1e-3, max_epochs=5, random_state=0)
+    >>> clf.fit(X, y).predict(X[:3]).shape
+    (3,)
+    >>> [row["phase"] for row in clf.history_]
+    ['warmup', 'finetune', 'finetune', 'finetune', 'finetune']
+    """
+
+    _parameter_constraints = {
+        "backbone": [StrOptions(set(list_backbones())), nn.Sequential],
+        "weights": [None, str, os.PathLike, WeightsEnum],
+        "unfreeze_depth": [Interval(Integral, 0, None, closed="left"), StrOptions({"all"})],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "backbone_lr": [Interval(Real, 0, None, closed="neither")],
+        "layer_decay": [Interval(Real, 0, 1, closed="right")],
+        "warmup_epochs": [Interval(Integral, 0, None, closed="left")],
+        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "input_size": [None, Interval(Integral, 1, None, closed="left")],
+        "train_bn": ["boolean"],
+        "optimizer": [StrOptions(set(_OPTIMIZERS)), type],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "random_state": ["random_state"],
+        "device": [str, torch.device],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        *,
+        backbone="resnet18",
+        weights="DEFAULT",
+        unfreeze_depth=1,
+        lr=1e-3,
+        backbone_lr=1e-4,
+        layer_decay=1.0,
+        warmup_epochs=1,
+        max_epochs=10,
+        batch_size=32,
+        input_size=None,
+        train_bn=False,
+        optimizer="adam",
+        weight_decay=0.0,
+        random_state=None,
+        device="cpu",
+        verbose=0,
+    ):
+        self.backbone = backbone
+        self.weights = weights
+        self.unfreeze_depth = unfreeze_depth
+        self.lr = lr
+        self.backbone_lr = backbone_lr
+        self.layer_decay = layer_decay
+        self.warmup_epochs = warmup_epochs
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.input_size = input_size
+        self.train_bn = train_bn
+        self.optimizer = optimizer
+        self.weight_decay = weight_decay
+        self.random_state = random_state
+        self.device = device
+        self.verbose = verbose
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y):
+        """Fit the head, then fine-tune the top blocks.
+
+        Parameters
+        ----------
+        X : array-like or list of paths
+            Images for a named backbone; what the module takes for a module.
+        y : array-like of shape (n_samples,)
+            Class labels.
+
+        Returns
+        -------
+        self : FineTunedClassifier
+            The fitted estimator.
+        """
+        self._check_common_params()
+        if self.warmup_epochs > self.max_epochs:
+            raise ValueError(
+                f"warmup_epochs={self.warmup_epochs} exceeds max_epochs={self.max_epochs}; "
+                f"use 0 <= warmup_epochs <= max_epochs."
+            )
+        y = validate_data(self, X="no_validation", y=y)
+        X = self._check_input(X, reset=True)
+        check_consistent_length(X, y)
+        check_classification_targets(y)
+        encoder = LabelEncoder().fit(y)
+        if len(encoder.classes_) < 2:
+            raise ValueError(
+                f"{type(self).__name__} needs samples of at least 2 classes in y; "
+                f"got 1 class: {encoder.classes_[0]!r}."
+            )
+        self.classes_ = encoder.classes_
+        return self._fit(X, encoder.transform(y).astype(np.int64))
+
+    def _check_unfreeze_depth(self, n_blocks):
+        depth = self.unfreeze_depth
+        if depth != "all" and depth > n_blocks:
+            name = self.backbone if isinstance(self.backbone, str) else "the backbone module"
+            raise ValueError(
+                f"unfreeze_depth={depth}, but {name} has {n_blocks} blocks; use "
+                f"0..{n_blocks} or 'all'."
+            )
+
+    def _make_net(self, module, recipe):
+        optimizer = _OPTIMIZERS.get(self.optimizer, self.optimizer)
+        kwargs = {"optimizer__weight_decay": self.weight_decay}
+        if optimizer is torch.optim.SGD:
+            kwargs["optimizer__momentum"] = 0.9
+        return _TransferNet(
+            module=module,
+            criterion=nn.CrossEntropyLoss,
+            optimizer=optimizer,
+            lr=self.lr,
+            max_epochs=self.max_epochs,
+            batch_size=self.batch_size,
+            train_split=None,
+            iterator_train__shuffle=True,
+            callbacks=[("recipe", recipe)],
+            device=self.device,
+            verbose=self.verbose,
+            torch_load_kwargs={"weights_only": False},
+            **kwargs,
+        )
+
+    def _fit(self, X, y):
+        scratch = self.weights is None
+        with torch_seed(self.random_state):
+            loaded = self._load_backbone(X, check_n_blocks=self._check_unfreeze_depth)
+            body = loaded.body
+            self.n_blocks_ = len(body.blocks)
+            if scratch or self.unfreeze_depth == "all":
+                self.unfreeze_depth_ = self.n_blocks_
+            else:
+                self.unfreeze_depth_ = self.unfreeze_depth
+            if scratch:
+                recipe = _Recipe(0, self.n_blocks_, self.lr, 1.0, True, "scratch")
+            else:
+                recipe = _Recipe(
+                    self.warmup_epochs,
+                    self.unfreeze_depth_,
+                    self.backbone_lr,
+                    self.layer_decay,
+                    self.train_bn,
+                    "finetune",
+                )
+            module = TransferModule(body, n_classes=len(self.classes_))
+            net = self._make_net(module, recipe)
+            net.fit(as_dataset(X, body.preprocess, y), y)
+        # The optimizer state is only needed while training: keep it out of
+        # memory and out of pickles.
+        net.optimizer_ = None
+        self.net_ = net
+        self.history_ = [
+            {key: row[key] for key in ("epoch", "phase", "train_loss", "dur")}
+            for row in net.history
+        ]
+        self.n_trainable_params_ = {row["phase"]: row["n_trainable_params"] for row in net.history}
+        return self
+
+    def predict_proba(self, X):
+        """Class probabilities, computed in eval mode in batches.
+
+        Parameters
+        ----------
+        X : array-like or list of paths
+            Input in the form used for ``fit``.
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_classes)
+            Probabilities, columns in the order of ``classes_``.
+        """
+        check_is_fitted(self)
+        X = self._check_input(X, reset=False)
+        return self.net_.predict_proba(as_dataset(X, self.net_.module_.body.preprocess))
+
+    def predict(self, X):
+        """Most probable class of each sample.
+
+        Parameters
+        ----------
+        X : array-like or list of paths
+            Input in the form used for ``fit``.
+
+        Returns
+        -------
+        y_pred : ndarray of shape (n_samples,)
+            Predicted class labels.
+        """
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]

@@ -1,0 +1,146 @@
+"""Checking and batching the inputs of sktransfer's estimators.
+
+A named (torchvision) backbone takes images; a backbone given as a module
+takes numeric arrays as they are, ``(n, n_features)`` vectors or
+``(n, C, H, W)`` images.
+"""
+
+import os
+
+import numpy as np
+import torch
+from sklearn.utils import check_array
+from sklearn.utils.validation import validate_data
+
+IMAGE_FORMS = (
+    "(n, H, W) grey, (n, H, W, 3) uint8, (n, 3, H, W) float in [0, 1], "
+    "or a list of image file paths"
+)
+
+
+class ImagePaths(list):
+    """A list of image file paths, read lazily batch by batch."""
+
+
+def _is_path_sequence(X):
+    if isinstance(X, (str, os.PathLike)) or not isinstance(X, (list, tuple, np.ndarray)):
+        return False
+    if isinstance(X, np.ndarray) and X.dtype.kind not in "OU":
+        return False
+    return len(X) > 0 and all(isinstance(p, (str, os.PathLike)) for p in X)
+
+
+def _check_paths(X):
+    paths = ImagePaths(os.fspath(p) for p in X)
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise ValueError(
+            f"X holds {len(missing)} paths that are not files, e.g. {missing[0]!r}."
+        )
+    return paths
+
+
+def _channels_first(X):
+    """Return a ``(n, C, H, W)`` view of an image array, C in {1, 3}."""
+    if X.ndim == 3:
+        return X[:, None]
+    first, last = X.shape[1] in (1, 3), X.shape[-1] in (1, 3)
+    if first and (not last or X.dtype != np.uint8):
+        return X
+    if last:
+        return X.transpose(0, 3, 1, 2)
+    raise ValueError(
+        f"X has shape {X.shape}, which is not an image array with 1 or 3 channels; "
+        f"the backbone takes {IMAGE_FORMS}."
+    )
+
+
+def check_images(X, backbone):
+    """Validate image input for a named backbone.
+
+    Returns :class:`ImagePaths` for paths, else an ``(n, C, H, W)`` view of
+    the array, ``uint8`` or float in ``[0, 1]``, without copying it.
+    """
+    if _is_path_sequence(X):
+        return _check_paths(X)
+    X = check_array(X, allow_nd=True, ensure_2d=False, dtype="numeric", input_name="X")
+    if X.ndim not in (3, 4):
+        raise ValueError(
+            f"X has shape {X.shape}, but backbone={backbone!r} takes images: {IMAGE_FORMS}."
+        )
+    if X.dtype != np.uint8:
+        if X.dtype.kind != "f":
+            raise ValueError(
+                f"X has dtype {X.dtype}; images must be uint8 in [0, 255] or float in "
+                f"[0, 1]."
+            )
+        low, high = float(X.min()), float(X.max())
+        if low < 0.0 or high > 1.0:
+            raise ValueError(
+                f"X is a float image array with values in [{low:g}, {high:g}]; float "
+                f"images must lie in [0, 1]. Pass uint8 images or divide by 255."
+            )
+    return _channels_first(X)
+
+
+def check_module_input(estimator, X, reset):
+    """Validate numeric input for a backbone given as a module."""
+    if _is_path_sequence(X):
+        raise ValueError(
+            "X is a list of file paths, which only a named image backbone reads; "
+            "a backbone given as a module takes numeric arrays."
+        )
+    if getattr(X, "ndim", 2) > 2:
+        return check_array(X, allow_nd=True, dtype=np.float32, input_name="X")
+    return validate_data(estimator, X, reset=reset, dtype=np.float32)
+
+
+_PIL_RESAMPLE = {"nearest": 0, "bilinear": 2, "bicubic": 3}
+
+
+class ImagePathDataset(torch.utils.data.Dataset):
+    """Read, convert to RGB and resize one image per item, as ``uint8`` CHW."""
+
+    def __init__(self, paths, size, interpolation, y=None):
+        self.paths = paths
+        self.size = size
+        self.interpolation = interpolation
+        self.y = y
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        with Image.open(self.paths[i]) as img:
+            img = img.convert("RGB").resize(
+                (self.size, self.size), _PIL_RESAMPLE[self.interpolation]
+            )
+            x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+        return x, (0 if self.y is None else self.y[i])
+
+
+def as_dataset(X, preprocess, y=None):
+    """What skorch and the batch loop iterate over: arrays as they are, paths lazily."""
+    if isinstance(X, ImagePaths):
+        return ImagePathDataset(X, preprocess.size, preprocess.interpolation, y)
+    return X
+
+
+def first_batch(X, preprocess):
+    """One input as a batch of size one, for sizing the backbone's output."""
+    if isinstance(X, ImagePaths):
+        return as_dataset(X, preprocess)[0][0][None]
+    return torch.as_tensor(np.ascontiguousarray(X[:1]))
+
+
+def iter_batches(X, preprocess, batch_size):
+    """Yield input tensors of at most ``batch_size`` items, in order."""
+    if isinstance(X, ImagePaths):
+        loader = torch.utils.data.DataLoader(as_dataset(X, preprocess), batch_size=batch_size)
+        for xb, _ in loader:
+            yield xb
+        return
+    for start in range(0, len(X), batch_size):
+        yield torch.as_tensor(np.ascontiguousarray(X[start : start + batch_size]))

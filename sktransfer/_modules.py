@@ -1,0 +1,105 @@
+"""The torch modules that sktransfer's estimators train and pickle."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._freeze import modules_kept_in_eval, set_trainable
+
+
+class ImagePreprocess(nn.Module):
+    """Turn a batch of ``(n, C, H, W)`` images into what the weights expect.
+
+    ``uint8`` input is scaled to ``[0, 1]``, one channel is repeated to three,
+    the images are resized to ``size`` x ``size`` and normalised with the
+    weights' mean and standard deviation.
+    """
+
+    def __init__(self, size, mean, std, interpolation="bilinear"):
+        super().__init__()
+        self.size = int(size)
+        self.interpolation = interpolation
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x):
+        if x.dtype == torch.uint8:
+            x = x.to(torch.float32) / 255.0
+        else:
+            x = x.to(torch.float32)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if tuple(x.shape[-2:]) != (self.size, self.size):
+            antialias = self.interpolation in ("bilinear", "bicubic")
+            x = F.interpolate(
+                x, size=(self.size, self.size), mode=self.interpolation, antialias=antialias
+            )
+        return (x - self.mean) / self.std
+
+
+def pool_features(x):
+    """Global-average-pool 4-D feature maps; flatten anything else to 2-D."""
+    if x.ndim == 4:
+        return x.mean(dim=(2, 3))
+    return x.flatten(1)
+
+
+class Body(nn.Module):
+    """Preprocessing, then the ordered blocks, then pooling to ``(n, d)``."""
+
+    def __init__(self, blocks, preprocess=None):
+        super().__init__()
+        self.preprocess = preprocess if preprocess is not None else nn.Identity()
+        self.blocks = nn.ModuleList(blocks)
+        self.output_dim = None
+
+    def forward(self, x):
+        x = self.preprocess(x)
+        for block in self.blocks:
+            x = block(x)
+        return pool_features(x)
+
+    def infer_output_dim(self, sample):
+        """Run ``sample`` once in eval mode, without gradients, to size the output.
+
+        Eval mode keeps BatchNorm statistics where they are; the same pass
+        materialises lazy layers.
+        """
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            self.output_dim = int(self(sample).shape[1])
+        self.train(was_training)
+        return self.output_dim
+
+
+class TransferModule(nn.Module):
+    """A :class:`Body` with a new linear head, and the freezing state.
+
+    Only the head trains until :meth:`set_trainable_depth` unfreezes blocks.
+    ``train()`` keeps frozen blocks, and BatchNorm unless ``train_bn``, in
+    eval mode.
+    """
+
+    def __init__(self, body, n_classes):
+        super().__init__()
+        self.body = body
+        self.head = nn.Linear(body.output_dim, n_classes)
+        self.set_trainable_depth(0, train_bn=False)
+
+    def set_trainable_depth(self, depth, train_bn):
+        self.trainable_depth = depth
+        self.train_bn = train_bn
+        set_trainable(self.body.blocks, depth, train_bn)
+        self.train(self.training)
+
+    def train(self, mode=True):
+        super().train(mode)
+        if mode:
+            self.body.preprocess.eval()
+            for module in modules_kept_in_eval(self.body.blocks, self.trainable_depth, self.train_bn):
+                module.eval()
+        return self
+
+    def forward(self, x):
+        return self.head(self.body(x))
