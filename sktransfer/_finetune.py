@@ -33,7 +33,12 @@ class _TransferNet(NeuralNetClassifier):
                 yield name, param
 
     def __getstate__(self):
-        state = super().__getstate__()
+        # Pickles hold the fitted weights, not the optimizer state.
+        optimizer, self.optimizer_ = getattr(self, "optimizer_", None), None
+        try:
+            state = super().__getstate__()
+        finally:
+            self.optimizer_ = optimizer
         # ``module`` is the instance that became ``module_``: pickle the weights once.
         if isinstance(state.get("module"), nn.Module):
             state["module"] = type(state["module"])
@@ -319,12 +324,14 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
             module = TransferModule(body, n_classes=len(self.classes_))
             net = self._make_net(module, recipe)
             net.fit(as_dataset(X, body.preprocess, y), y)
-        # The optimizer state is only needed while training: keep it out of
-        # memory and out of pickles.
-        net.optimizer_ = None
         self.net_ = net
         self.history_ = [
-            {key: row[key] for key in ("epoch", "phase", "train_loss", "dur")}
+            {
+                "epoch": row["epoch"],
+                "phase": row["phase"],
+                "train_loss": float(row["train_loss"]),
+                "dur": float(row["dur"]),
+            }
             for row in net.history
         ]
         self.n_trainable_params_ = {row["phase"]: row["n_trainable_params"] for row in net.history}
@@ -360,4 +367,5 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         y_pred : ndarray of shape (n_samples,)
             Predicted class labels.
         """
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
