@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+# The test networks are tiny: one thread is faster than two, and keeps the
+# suite fast when another process shares the two cores.
+torch.set_num_threads(1)
+
+
+def make_mlp(n_in=None, widths=(16, 12, 8), bn=False):
+    """An nn.Sequential of blocks, each a Linear (+BatchNorm) + ReLU."""
+    blocks, prev = [], n_in
+    for width in widths:
+        linear = nn.LazyLinear(width) if prev is None else nn.Linear(prev, width)
+        layers = [linear] + ([nn.BatchNorm1d(width)] if bn else []) + [nn.ReLU()]
+        blocks.append(nn.Sequential(*layers))
+        prev = width
+    return nn.Sequential(*blocks)
+
+
+def make_cnn():
+    """A tiny CNN of three blocks with BatchNorm, for (n, 3, H, W) input."""
+    torch.manual_seed(0)
+
+    def block(c_in, c_out):
+        return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU())
+
+    return nn.Sequential(block(3, 4), block(4, 8), block(8, 8))
+
+
+@pytest.fixture
+def vectors():
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(60, 6)).astype(np.float32)
+    y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(int)
+    return X, y
+
+
+@pytest.fixture
+def images():
+    """Twelve 3-class uint8 images, (n, H, W, 3), classes told apart by colour."""
+    rng = np.random.RandomState(0)
+    y = np.repeat([0, 1, 2], 4)
+    X = rng.randint(0, 60, size=(12, 20, 20, 3)).astype(np.uint8)
+    X[np.arange(12), :, :, y] += 150
+    return X, y

@@ -1,0 +1,99 @@
+"""Fitted models pickle into a service and load there without network or refit."""
+
+import io
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import joblib
+import numpy as np
+import torch
+from torchvision.models import get_model
+
+from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor
+
+LOADER = textwrap.dedent(
+    """
+    import pickle, socket, sys
+    import joblib, numpy as np
+
+    def no_network(*args, **kwargs):
+        raise OSError("network access attempted")
+
+    socket.socket = no_network
+    socket.create_connection = no_network
+    import sktransfer
+
+    def no_refit(self, *args, **kwargs):
+        raise AssertionError("fit called while loading")
+
+    sktransfer.FineTunedClassifier.fit = no_refit
+    sktransfer.PretrainedFeatureExtractor.fit = no_refit
+    X = np.load(sys.argv[3])
+    with open(sys.argv[1], "rb") as f:
+        from_pickle = pickle.load(f)
+    from_joblib = joblib.load(sys.argv[2])
+    assert from_pickle.net_.optimizer_ is None
+    np.save(sys.argv[4], from_pickle.predict_proba(X))
+    np.save(sys.argv[5], from_joblib.predict_proba(X))
+    """
+)
+
+
+def test_pickled_model_predicts_identically_in_a_fresh_process(tmp_path, images):
+    X, y = images
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "mobilenet.pth"
+    torch.save(get_model("mobilenet_v3_small", weights=None).state_dict(), checkpoint)
+    clf = FineTunedClassifier(
+        backbone="mobilenet_v3_small",
+        weights=str(checkpoint),
+        input_size=32,
+        max_epochs=2,
+        batch_size=4,
+        random_state=0,
+    ).fit(X, y)
+    checkpoint.unlink()  # the service does not have the weights file
+    expected = clf.predict_proba(X)
+    with open(tmp_path / "model.pkl", "wb") as f:
+        pickle.dump(clf, f)
+    joblib.dump(clf, tmp_path / "model.joblib")
+    np.save(tmp_path / "X.npy", X)
+    paths = [tmp_path / name for name in ("model.pkl", "model.joblib", "X.npy", "a.npy", "b.npy")]
+    subprocess.run([sys.executable, "-c", LOADER, *map(str, paths)], check=True)
+    np.testing.assert_array_equal(np.load(paths[3]), expected)
+    np.testing.assert_array_equal(np.load(paths[4]), expected)
+
+
+def test_pickle_holds_weights_and_metadata_only(vectors):
+    X, y = vectors
+    X = np.repeat(X, 50, axis=0)
+    y = np.repeat(y, 50)
+    from .conftest import make_mlp
+
+    clf = FineTunedClassifier(
+        backbone=make_mlp(n_in=6, widths=(256, 256)), unfreeze_depth=2, max_epochs=2
+    ).fit(X, y)
+    assert clf.net_.optimizer_ is not None  # used during training ...
+    blob = pickle.dumps(clf)
+    loaded = pickle.loads(blob)
+    assert loaded.net_.optimizer_ is None  # ... but not pickled
+    assert clf.net_.optimizer_ is not None
+    np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
+    n_weight_bytes = 4 * sum(p.numel() for p in clf.net_.module_.parameters())
+    # The fitted weights appear twice at most (user's backbone parameter and
+    # fitted net); no Adam moments (2x trainable weights), no training data.
+    assert len(blob) < 2 * n_weight_bytes + 60_000
+    assert X[:8].tobytes() not in blob
+
+
+def test_extractor_pickles(vectors):
+    X, _ = vectors
+    from .conftest import make_mlp
+
+    ext = PretrainedFeatureExtractor(backbone=make_mlp(), random_state=0).fit(X)
+    buffer = io.BytesIO()
+    joblib.dump(ext, buffer)
+    buffer.seek(0)
+    np.testing.assert_array_equal(joblib.load(buffer).transform(X), ext.transform(X))
