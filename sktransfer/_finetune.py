@@ -265,7 +265,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         if len(encoder.classes_) < 2:
             raise ValueError(
                 f"{type(self).__name__} needs samples of at least 2 classes in y; "
-                f"got 1 class: {encoder.classes_[0]!r}."
+                f"got 1 class: {encoder.classes_.tolist()[0]!r}."
             )
         self.classes_ = encoder.classes_
         return self._fit(X, encoder.transform(y).astype(np.int64))

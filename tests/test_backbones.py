@@ -1,0 +1,94 @@
+"""Named torchvision backbones: blocks, weights from enums and checkpoints, preprocessing."""
+
+import numpy as np
+import pytest
+import torch
+from torchvision.models import ResNet18_Weights, get_model
+
+from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor, list_backbones
+
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+def test_list_backbones():
+    names = list_backbones()
+    assert {"resnet18", "resnet50", "mobilenet_v3_small", "efficientnet_b0"} <= set(names)
+    assert names == sorted(names)
+
+
+@pytest.mark.parametrize(
+    "name, n_blocks, dim",
+    [
+        ("resnet18", 5, 512),
+        ("resnet50", 5, 2048),
+        ("mobilenet_v3_small", 13, 576),
+        ("efficientnet_b0", 9, 1280),
+    ],
+)
+def test_named_backbones_fit_and_embed(name, n_blocks, dim, images):
+    X, y = images
+    clf = FineTunedClassifier(
+        backbone=name, weights=None, input_size=32, max_epochs=1, batch_size=6, random_state=0
+    ).fit(X, y)
+    assert clf.n_blocks_ == clf.unfreeze_depth_ == n_blocks
+    assert clf.predict(X).shape == (12,)
+    features = PretrainedFeatureExtractor(
+        backbone=name, weights=None, input_size=32, random_state=0
+    ).fit_transform(X)
+    assert features.shape == (12, dim)
+    assert features.dtype == np.float32
+
+
+def _checkpoint(tmp_path, name="resnet18"):
+    torch.manual_seed(1)
+    model = get_model(name, weights=None)
+    path = tmp_path / f"{name}.pth"
+    torch.save(model.state_dict(), path)
+    return model, str(path)
+
+
+def _reference_features(model, X_uint8):
+    """Features computed by hand: scale, normalise, torchvision forward without head."""
+    model.fc = torch.nn.Identity()
+    x = torch.as_tensor(X_uint8).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        return model.eval()((x - IMAGENET_MEAN) / IMAGENET_STD).numpy()
+
+
+def test_checkpoint_in_torchvision_layout_loads_and_matches_a_plain_forward(tmp_path, images):
+    X, y = images
+    X = np.ascontiguousarray(np.pad(X, ((0, 0), (6, 6), (6, 6), (0, 0))))  # 32x32, no resize
+    model, path = _checkpoint(tmp_path)
+    ext = PretrainedFeatureExtractor(backbone="resnet18", weights=path, input_size=32).fit(X)
+    np.testing.assert_allclose(ext.transform(X), _reference_features(model, X), atol=1e-5)
+
+    clf = FineTunedClassifier(
+        backbone="resnet18", weights=path, input_size=32, unfreeze_depth=0, max_epochs=1
+    ).fit(X, y)
+    assert torch.equal(clf.net_.module_.body.blocks[4][1].conv2.weight, model.layer4[1].conv2.weight)
+
+
+def test_weights_enum_goes_through_torchvision_download(monkeypatch, images, tmp_path):
+    model, _ = _checkpoint(tmp_path)
+    urls = []
+
+    def cached(url, *args, **kwargs):
+        urls.append(url)
+        return model.state_dict()
+
+    monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", cached)
+    X, y = images
+    for weights in ("DEFAULT", "IMAGENET1K_V1", "ResNet18_Weights.IMAGENET1K_V1", ResNet18_Weights.DEFAULT):
+        ext = PretrainedFeatureExtractor(backbone="resnet18", weights=weights, input_size=32).fit(X)
+        assert torch.equal(ext.backbone_.blocks[0][0].weight, model.conv1.weight)
+    assert urls == [ResNet18_Weights.IMAGENET1K_V1.url] * 4
+
+
+def test_preprocessing_follows_the_weights_metadata():
+    ext = PretrainedFeatureExtractor(backbone="efficientnet_b0", weights=None)
+    ext.fit(np.zeros((2, 8, 8, 3), dtype=np.uint8))
+    preprocess = ext.backbone_.preprocess
+    assert preprocess.size == 224
+    assert preprocess.interpolation == "bicubic"
+    np.testing.assert_allclose(preprocess.mean.flatten(), [0.485, 0.456, 0.406])

@@ -1,0 +1,165 @@
+"""Bad input gets an error that names the parameter, the value and what is valid."""
+
+import re
+from urllib.error import URLError
+
+import numpy as np
+import pytest
+import torch
+from sklearn.utils._param_validation import InvalidParameterError
+from torchvision.models import ResNet18_Weights, get_model
+
+from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor
+
+from .conftest import make_mlp
+
+
+def _named(**params):
+    return FineTunedClassifier(input_size=16, max_epochs=1, **params)
+
+
+def test_unknown_backbone(images):
+    with pytest.raises(InvalidParameterError, match=r"'backbone' parameter.*resnet18.*Got 'resnet9'"):
+        _named(backbone="resnet9").fit(*images)
+
+
+def test_unfreeze_depth_out_of_range(images):
+    msg = r"unfreeze_depth=7, but resnet18 has 5 blocks; use 0..5 or 'all'"
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        _named(backbone="resnet18", weights=None, unfreeze_depth=7).fit(*images)
+
+
+def test_unfreeze_depth_checked_before_weights_are_read(images, monkeypatch):
+    def offline(*args, **kwargs):
+        raise AssertionError("weights read before the parameters were checked")
+
+    monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", offline)
+    with pytest.raises(ValueError, match="unfreeze_depth=6"):
+        _named(backbone="resnet18", unfreeze_depth=6).fit(*images)
+
+
+def test_unfreeze_depth_out_of_range_for_module(vectors):
+    with pytest.raises(ValueError, match=r"unfreeze_depth=4, but the backbone module has 3"):
+        FineTunedClassifier(backbone=make_mlp(), unfreeze_depth=4).fit(*vectors)
+
+
+@pytest.mark.parametrize(
+    "param, value",
+    [("lr", -1e-3), ("backbone_lr", 0.0), ("layer_decay", 1.5), ("max_epochs", 0)],
+)
+def test_invalid_numbers(vectors, param, value):
+    clf = FineTunedClassifier(backbone=make_mlp(), **{param: value})
+    with pytest.raises(InvalidParameterError, match=rf"'{param}' parameter .* Got {value!r}"):
+        clf.fit(*vectors)
+
+
+def test_warmup_longer_than_training(vectors):
+    msg = "warmup_epochs=5 exceeds max_epochs=3; use 0 <= warmup_epochs <= max_epochs"
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        FineTunedClassifier(backbone=make_mlp(), warmup_epochs=5, max_epochs=3).fit(*vectors)
+
+
+@pytest.mark.parametrize(
+    "X, match",
+    [
+        (np.zeros((4, 10), dtype=np.uint8), r"X has shape \(4, 10\), but backbone='resnet18' takes images"),
+        (np.zeros((4, 5, 8, 8), dtype=np.uint8), r"shape \(4, 5, 8, 8\), which is not an image array"),
+        (np.full((4, 3, 8, 8), 255.0), r"values in \[255, 255\]; float images must lie in \[0, 1\]"),
+        (np.zeros((4, 3, 8, 8), dtype=np.int64), r"dtype int64; images must be uint8"),
+    ],
+)
+def test_wrong_image_input(X, match):
+    with pytest.raises(ValueError, match=match):
+        _named(backbone="resnet18", weights=None).fit(X, [0, 1, 0, 1])
+
+
+def test_nan_in_X(images, vectors):
+    X, y = images
+    X = X.astype(np.float32) / 255
+    X[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="Input X contains NaN"):
+        _named(backbone="resnet18", weights=None).fit(X, y)
+    X, y = vectors
+    X = X.copy()
+    X[3, 2] = np.nan
+    with pytest.raises(ValueError, match="Input X contains NaN"):
+        FineTunedClassifier(backbone=make_mlp()).fit(X, y)
+
+
+def test_single_class(vectors):
+    X, _ = vectors
+    with pytest.raises(ValueError, match=r"at least 2 classes in y; got 1 class: 'cat'"):
+        FineTunedClassifier(backbone=make_mlp()).fit(X, ["cat"] * len(X))
+
+
+def test_weights_unavailable_offline_says_how_to_pass_a_checkpoint(images, monkeypatch):
+    def offline(*args, **kwargs):
+        raise URLError("Name or service not known")
+
+    monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", offline)
+    msg = (
+        r"Could not obtain the pretrained weights ResNet18_Weights.IMAGENET1K_V1 for "
+        r"backbone='resnet18'.*pass a local checkpoint path instead: "
+        r"weights='/path/to/resnet18-f37072fd.pth'"
+    )
+    for weights in ("DEFAULT", "IMAGENET1K_V1", ResNet18_Weights.IMAGENET1K_V1):
+        with pytest.raises(RuntimeError, match=msg):
+            _named(backbone="resnet18", weights=weights).fit(*images)
+        with pytest.raises(RuntimeError, match=msg):
+            PretrainedFeatureExtractor(backbone="resnet18", weights=weights).fit(images[0])
+
+
+def test_corrupt_checkpoint(tmp_path, images):
+    path = tmp_path / "broken.pth"
+    path.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(ValueError, match=r"could not be read as a PyTorch state dict"):
+        _named(backbone="resnet18", weights=str(path)).fit(*images)
+    torch.save({"model": [1, 2, 3]}, path)
+    with pytest.raises(ValueError, match=r"does not hold a state dict"):
+        _named(backbone="resnet18", weights=str(path)).fit(*images)
+
+
+def test_checkpoint_of_another_architecture(tmp_path, images):
+    path = tmp_path / "resnet34.pth"
+    torch.save(get_model("resnet34", weights=None).state_dict(), path)
+    with pytest.raises(ValueError, match=r"does not fit the backbone: .*unexpected keys"):
+        _named(backbone="resnet18", weights=str(path)).fit(*images)
+    torch.save(get_model("mobilenet_v3_small", weights=None).state_dict(), path)
+    with pytest.raises(ValueError, match=r"does not fit the backbone"):
+        _named(backbone="resnet18", weights=str(path)).fit(*images)
+
+
+def test_unknown_weights_name(images):
+    with pytest.raises(ValueError, match=r"weights='IMAGENET9' is neither a weights name of "
+                       r"backbone='resnet18' \(IMAGENET1K_V1, DEFAULT\)"):
+        _named(backbone="resnet18", weights="IMAGENET9").fit(*images)
+    with pytest.raises(ValueError, match=r"belongs to another architecture"):
+        _named(backbone="resnet34", weights=ResNet18_Weights.DEFAULT).fit(*images)
+
+
+def test_module_backbone_rejects_enum_weights_and_input_size(vectors):
+    with pytest.raises(ValueError, match=r"not valid for a backbone given as a module"):
+        FineTunedClassifier(backbone=make_mlp(), weights=ResNet18_Weights.DEFAULT).fit(*vectors)
+    with pytest.raises(ValueError, match=r"is not an existing checkpoint file"):
+        FineTunedClassifier(backbone=make_mlp(), weights="missing.pth").fit(*vectors)
+    with pytest.raises(ValueError, match=r"input_size=32 only applies to a named image backbone"):
+        FineTunedClassifier(backbone=make_mlp(), input_size=32).fit(*vectors)
+
+
+def test_paths_need_a_named_backbone(tmp_path, vectors):
+    with pytest.raises(ValueError, match="only a named image backbone reads"):
+        FineTunedClassifier(backbone=make_mlp()).fit(["a.png", "b.png"], [0, 1])
+    with pytest.raises(ValueError, match=r"2 paths that are not files, e.g. 'a.png'"):
+        _named(backbone="resnet18", weights=None).fit(["a.png", "b.png"], [0, 1])
+
+
+def test_predict_checks_feature_count(vectors):
+    X, y = vectors
+    clf = FineTunedClassifier(backbone=make_mlp(), max_epochs=1).fit(X, y)
+    with pytest.raises(ValueError, match="X has 5 features, but FineTunedClassifier is expecting 6"):
+        clf.predict(X[:, :5])
+
+
+def test_bad_device(vectors):
+    with pytest.raises(ValueError, match=r"device='gpu0' is not a torch device"):
+        FineTunedClassifier(backbone=make_mlp(), device="gpu0").fit(*vectors)
