@@ -9,7 +9,6 @@ from the top. The per-architecture block tables live in ``_BLOCK_TABLES``.
 import copy
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from urllib.error import URLError
 
 import torch
@@ -55,15 +54,6 @@ def list_backbones():
     True
     """
     return sorted(_BLOCK_TABLES)
-
-
-@dataclass
-class LoadedBackbone:
-    """A backbone ready to use: its body and what was resolved to build it."""
-
-    body: Body
-    weights_name: str | None
-    pretrained: bool
 
 
 def _weights_enum(name):
@@ -179,9 +169,7 @@ def build_named(name, weights, input_size, check_n_blocks=None):
         _load_strict(model, _download_state_dict(name, member), str(member), head_prefixes)
     elif path is not None:
         _load_strict(model, read_checkpoint(path), path, head_prefixes)
-    body = Body(blocks, preprocess=_named_preprocess(name, member, input_size))
-    label = str(member) if member is not None else path
-    return LoadedBackbone(body=body, weights_name=label, pretrained=weights is not None)
+    return Body(blocks, preprocess=_named_preprocess(name, member, input_size))
 
 
 def reset_parameters(module):
@@ -220,5 +208,4 @@ def build_from_module(module, weights, sample, check_n_blocks=None):
         reset_parameters(body)
     elif weights != "DEFAULT":
         _load_strict(model, read_checkpoint(weights), os.fspath(weights))
-    label = None if weights is None else os.fspath(weights)
-    return LoadedBackbone(body=body, weights_name=label, pretrained=weights is not None)
+    return body

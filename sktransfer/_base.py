@@ -44,10 +44,10 @@ class BackboneMixin:
     def _load_backbone(self, X, check_n_blocks=None):
         """Build the backbone's :class:`Body` with its weights, output size known."""
         if isinstance(self.backbone, str):
-            loaded = build_named(self.backbone, self.weights, self.input_size, check_n_blocks)
-            size = loaded.body.preprocess.size
-            loaded.body.infer_output_dim(torch.zeros(1, 3, size, size))
-            return loaded
+            body = build_named(self.backbone, self.weights, self.input_size, check_n_blocks)
+            size = body.preprocess.size
+            body.infer_output_dim(torch.zeros(1, 3, size, size))
+            return body
         return build_from_module(
             self.backbone, self.weights, first_batch(X, None), check_n_blocks
         )

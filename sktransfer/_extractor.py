@@ -117,7 +117,7 @@ class PretrainedFeatureExtractor(
         self._check_common_params()
         X = self._check_input(X, reset=True)
         with torch_seed(self.random_state):
-            body = self._load_backbone(X).body
+            body = self._load_backbone(X)
         body.requires_grad_(False)
         self.backbone_ = body.eval().to(self.device)
         return self

@@ -303,8 +303,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
     def _fit(self, X, y):
         scratch = self.weights is None
         with torch_seed(self.random_state):
-            loaded = self._load_backbone(X, check_n_blocks=self._check_unfreeze_depth)
-            body = loaded.body
+            body = self._load_backbone(X, check_n_blocks=self._check_unfreeze_depth)
             self.n_blocks_ = len(body.blocks)
             if scratch or self.unfreeze_depth == "all":
                 self.unfreeze_depth_ = self.n_blocks_
