@@ -85,7 +85,9 @@ def main(argv=None):
     with open(args.csv, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
-        writer.writerows({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows)
+        writer.writerows(
+            {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows
+        )
     print(f"wrote {args.csv}")
 
 

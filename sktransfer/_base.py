@@ -7,7 +7,7 @@ import torch
 from sklearn.utils import check_random_state
 
 from ._backbones import build_from_module, build_named
-from ._input import check_images, check_module_input, first_batch
+from ._input import check_images, check_module_input, first_batch, iter_batches
 
 
 @contextmanager
@@ -17,6 +17,18 @@ def torch_seed(random_state):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
+
+
+def embed(body, X, batch_size, device):
+    """Pooled features of ``X`` through ``body``, in eval mode, without gradients."""
+    was_training = body.training
+    body.eval()
+    with torch.inference_mode():
+        features = [
+            body(xb.to(device)).cpu().numpy() for xb in iter_batches(X, body.preprocess, batch_size)
+        ]
+    body.train(was_training)
+    return np.concatenate(features).astype(np.float32, copy=False)
 
 
 class BackboneMixin:
@@ -48,6 +60,4 @@ class BackboneMixin:
             size = body.preprocess.size
             body.infer_output_dim(torch.zeros(1, 3, size, size))
             return body
-        return build_from_module(
-            self.backbone, self.weights, first_batch(X, None), check_n_blocks
-        )
+        return build_from_module(self.backbone, self.weights, first_batch(X, None), check_n_blocks)

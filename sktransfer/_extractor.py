@@ -3,7 +3,6 @@
 import os
 from numbers import Integral
 
-import numpy as np
 import torch
 from sklearn.base import (
     BaseEstimator,
@@ -17,8 +16,7 @@ from torch import nn
 from torchvision.models import WeightsEnum
 
 from ._backbones import list_backbones
-from ._base import BackboneMixin, torch_seed
-from ._input import iter_batches
+from ._base import BackboneMixin, embed, torch_seed
 
 
 class PretrainedFeatureExtractor(
@@ -141,13 +139,7 @@ class PretrainedFeatureExtractor(
         """
         check_is_fitted(self)
         X = self._check_input(X, reset=False)
-        preprocess = self.backbone_.preprocess
-        with torch.inference_mode():
-            features = [
-                self.backbone_(xb.to(self.device)).cpu().numpy()
-                for xb in iter_batches(X, preprocess, self.batch_size)
-            ]
-        return np.concatenate(features).astype(np.float32, copy=False)
+        return embed(self.backbone_, X, self.batch_size, self.device)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -6,6 +6,7 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
+from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
@@ -16,7 +17,7 @@ from torch import nn
 from torchvision.models import WeightsEnum
 
 from ._backbones import list_backbones
-from ._base import BackboneMixin, torch_seed
+from ._base import BackboneMixin, embed, torch_seed
 from ._freeze import block_param_groups, count_trainable
 from ._input import as_dataset
 from ._modules import TransferModule
@@ -114,6 +115,12 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         Learning rate of the top unfrozen block.
     layer_decay : float, default=1.0
         Factor in ``(0, 1]`` applied once per block going down.
+    warmup : {"epochs", "linear_probe"}, default="epochs"
+        How the new head starts. ``"epochs"``: from a random initialisation.
+        ``"linear_probe"``: from a scikit-learn ``LogisticRegression`` fitted
+        on the frozen backbone's features of the training set (linear probe,
+        then fine-tune). Either way ``warmup_epochs`` epochs of head-only
+        training follow. Ignored with ``weights=None``.
     warmup_epochs : int, default=1
         Epochs with the backbone frozen and only the head training.
     max_epochs : int, default=10
@@ -186,6 +193,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         "lr": [Interval(Real, 0, None, closed="neither")],
         "backbone_lr": [Interval(Real, 0, None, closed="neither")],
         "layer_decay": [Interval(Real, 0, 1, closed="right")],
+        "warmup": [StrOptions({"epochs", "linear_probe"})],
         "warmup_epochs": [Interval(Integral, 0, None, closed="left")],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
@@ -207,6 +215,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         lr=1e-3,
         backbone_lr=1e-4,
         layer_decay=1.0,
+        warmup="epochs",
         warmup_epochs=1,
         max_epochs=10,
         batch_size=32,
@@ -224,6 +233,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         self.lr = lr
         self.backbone_lr = backbone_lr
         self.layer_decay = layer_decay
+        self.warmup = warmup
         self.warmup_epochs = warmup_epochs
         self.max_epochs = max_epochs
         self.batch_size = batch_size
@@ -321,6 +331,8 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
                     "finetune",
                 )
             module = TransferModule(body, n_classes=len(self.classes_))
+            if not scratch and self.warmup == "linear_probe":
+                self._init_head_from_probe(module, X, y)
             net = self._make_net(module, recipe)
             net.fit(as_dataset(X, body.preprocess, y), y)
         self.net_ = net
@@ -335,6 +347,20 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         ]
         self.n_trainable_params_ = {row["phase"]: row["n_trainable_params"] for row in net.history}
         return self
+
+    def _init_head_from_probe(self, module, X, y):
+        """Set the head to a logistic regression fitted on frozen features."""
+        features = embed(module.body, X, self.batch_size, self.device)
+        probe = LogisticRegression(max_iter=1000).fit(features, y)
+        coef = torch.as_tensor(probe.coef_, dtype=torch.float32)
+        intercept = torch.as_tensor(probe.intercept_, dtype=torch.float32)
+        if coef.shape[0] == 1:
+            # Binary: softmax over logits (0, z) is the sigmoid of z.
+            coef = torch.cat([torch.zeros_like(coef), coef])
+            intercept = torch.cat([torch.zeros_like(intercept), intercept])
+        with torch.no_grad():
+            module.head.weight.copy_(coef)
+            module.head.bias.copy_(intercept)
 
     def predict_proba(self, X):
         """Class probabilities, computed in eval mode in batches.

@@ -34,9 +34,7 @@ def _check_paths(X):
     paths = ImagePaths(os.fspath(p) for p in X)
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
-        raise ValueError(
-            f"X holds {len(missing)} paths that are not files, e.g. {missing[0]!r}."
-        )
+        raise ValueError(f"X holds {len(missing)} paths that are not files, e.g. {missing[0]!r}.")
     return paths
 
 
@@ -71,8 +69,7 @@ def check_images(X, backbone):
     if X.dtype != np.uint8:
         if X.dtype.kind != "f":
             raise ValueError(
-                f"X has dtype {X.dtype}; images must be uint8 in [0, 255] or float in "
-                f"[0, 1]."
+                f"X has dtype {X.dtype}; images must be uint8 in [0, 255] or float in [0, 1]."
             )
         low, high = float(X.min()), float(X.max())
         if low < 0.0 or high > 1.0:

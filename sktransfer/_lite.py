@@ -23,7 +23,12 @@ _TOP_LEVEL = {
     "_bn1": "bn2",
     "_fc": "classifier",
 }
-_FIRST_STAGE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_FIRST_STAGE = {
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn1",
+    "_project_conv": "conv_pw",
+    "_bn2": "bn2",
+}
 _OTHER_STAGES = {
     "_expand_conv": "conv_pw",
     "_bn0": "bn1",

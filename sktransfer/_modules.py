@@ -97,7 +97,9 @@ class TransferModule(nn.Module):
         super().train(mode)
         if mode:
             self.body.preprocess.eval()
-            for module in modules_kept_in_eval(self.body.blocks, self.trainable_depth, self.train_bn):
+            for module in modules_kept_in_eval(
+                self.body.blocks, self.trainable_depth, self.train_bn
+            ):
                 module.eval()
         return self
 

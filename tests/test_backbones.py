@@ -66,7 +66,9 @@ def test_checkpoint_in_torchvision_layout_loads_and_matches_a_plain_forward(tmp_
     clf = FineTunedClassifier(
         backbone="resnet18", weights=path, input_size=32, unfreeze_depth=0, max_epochs=1
     ).fit(X, y)
-    assert torch.equal(clf.net_.module_.body.blocks[4][1].conv2.weight, model.layer4[1].conv2.weight)
+    assert torch.equal(
+        clf.net_.module_.body.blocks[4][1].conv2.weight, model.layer4[1].conv2.weight
+    )
 
 
 def test_weights_enum_goes_through_torchvision_download(monkeypatch, images, tmp_path):
@@ -79,7 +81,12 @@ def test_weights_enum_goes_through_torchvision_download(monkeypatch, images, tmp
 
     monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", cached)
     X, y = images
-    for weights in ("DEFAULT", "IMAGENET1K_V1", "ResNet18_Weights.IMAGENET1K_V1", ResNet18_Weights.DEFAULT):
+    for weights in (
+        "DEFAULT",
+        "IMAGENET1K_V1",
+        "ResNet18_Weights.IMAGENET1K_V1",
+        ResNet18_Weights.DEFAULT,
+    ):
         ext = PretrainedFeatureExtractor(backbone="resnet18", weights=weights, input_size=32).fit(X)
         assert torch.equal(ext.backbone_.blocks[0][0].weight, model.conv1.weight)
     assert urls == [ResNet18_Weights.IMAGENET1K_V1.url] * 4

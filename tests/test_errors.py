@@ -19,7 +19,9 @@ def _named(**params):
 
 
 def test_unknown_backbone(images):
-    with pytest.raises(InvalidParameterError, match=r"'backbone' parameter.*resnet18.*Got 'resnet9'"):
+    with pytest.raises(
+        InvalidParameterError, match=r"'backbone' parameter.*resnet18.*Got 'resnet9'"
+    ):
         _named(backbone="resnet9").fit(*images)
 
 
@@ -62,9 +64,18 @@ def test_warmup_longer_than_training(vectors):
 @pytest.mark.parametrize(
     "X, match",
     [
-        (np.zeros((4, 10), dtype=np.uint8), r"X has shape \(4, 10\), but backbone='resnet18' takes images"),
-        (np.zeros((4, 5, 8, 8), dtype=np.uint8), r"shape \(4, 5, 8, 8\), which is not an image array"),
-        (np.full((4, 3, 8, 8), 255.0), r"values in \[255, 255\]; float images must lie in \[0, 1\]"),
+        (
+            np.zeros((4, 10), dtype=np.uint8),
+            r"X has shape \(4, 10\), but backbone='resnet18' takes images",
+        ),
+        (
+            np.zeros((4, 5, 8, 8), dtype=np.uint8),
+            r"shape \(4, 5, 8, 8\), which is not an image array",
+        ),
+        (
+            np.full((4, 3, 8, 8), 255.0),
+            r"values in \[255, 255\]; float images must lie in \[0, 1\]",
+        ),
         (np.zeros((4, 3, 8, 8), dtype=np.int64), r"dtype int64; images must be uint8"),
     ],
 )
@@ -130,8 +141,11 @@ def test_checkpoint_of_another_architecture(tmp_path, images):
 
 
 def test_unknown_weights_name(images):
-    with pytest.raises(ValueError, match=r"weights='IMAGENET9' is neither a weights name of "
-                       r"backbone='resnet18' \(IMAGENET1K_V1, DEFAULT\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"weights='IMAGENET9' is neither a weights name of "
+        r"backbone='resnet18' \(IMAGENET1K_V1, DEFAULT\)",
+    ):
         _named(backbone="resnet18", weights="IMAGENET9").fit(*images)
     with pytest.raises(ValueError, match=r"belongs to another architecture"):
         _named(backbone="resnet34", weights=ResNet18_Weights.DEFAULT).fit(*images)
@@ -156,7 +170,9 @@ def test_paths_need_a_named_backbone(tmp_path, vectors):
 def test_predict_checks_feature_count(vectors):
     X, y = vectors
     clf = FineTunedClassifier(backbone=make_mlp(), max_epochs=1).fit(X, y)
-    with pytest.raises(ValueError, match="X has 5 features, but FineTunedClassifier is expecting 6"):
+    with pytest.raises(
+        ValueError, match="X has 5 features, but FineTunedClassifier is expecting 6"
+    ):
         clf.predict(X[:, :5])
 
 

@@ -46,7 +46,9 @@ def test_blocks_reproduce_the_timm_forward(extractor, imagenet_state):
     with torch.no_grad():
         expected = model.eval()(x).numpy()
     logits = extractor.transform(image) @ imagenet_state["classifier.weight"].numpy().T
-    np.testing.assert_allclose(logits + imagenet_state["classifier.bias"].numpy(), expected, atol=1e-4)
+    np.testing.assert_allclose(
+        logits + imagenet_state["classifier.bias"].numpy(), expected, atol=1e-4
+    )
 
 
 def test_stem_seven_stages_and_head_conv_are_the_blocks(images):
@@ -72,7 +74,9 @@ def test_checkpoints_in_either_layout_load_strictly(tmp_path, imagenet_state, im
         np.testing.assert_array_equal(ext.transform(X), reference.transform(X))
     truncated = {k: v for k, v in imagenet_state.items() if not k.startswith("blocks.6.")}
     torch.save(truncated, tmp_path / "truncated.pth")
-    with pytest.raises(ValueError, match=r"does not fit the backbone: \d+ missing keys \['blocks.6.0"):
+    with pytest.raises(
+        ValueError, match=r"does not fit the backbone: \d+ missing keys \['blocks.6.0"
+    ):
         PretrainedFeatureExtractor(
             backbone="efficientnet_lite0", weights=str(tmp_path / "truncated.pth")
         ).fit(X)
@@ -84,5 +88,7 @@ def test_scratch_lite0_uses_the_same_preprocessing(images):
     preprocess = ext.backbone_.preprocess
     assert (preprocess.size, preprocess.interpolation) == (224, "bicubic")
     np.testing.assert_array_equal(preprocess.mean.flatten().numpy(), [0.5, 0.5, 0.5])
-    with pytest.raises(ValueError, match=r"weights='IMAGENET1K_V1' is not valid for backbone='efficientnet_lite0'"):
+    with pytest.raises(
+        ValueError, match=r"weights='IMAGENET1K_V1' is not valid for backbone='efficientnet_lite0'"
+    ):
         PretrainedFeatureExtractor(backbone="efficientnet_lite0", weights="IMAGENET1K_V1").fit(X)

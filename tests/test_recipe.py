@@ -57,9 +57,7 @@ def test_finetune_changes_blocks_above_the_cut_only(images):
 
 
 def test_train_bn_true_lets_batchnorm_of_unfrozen_blocks_train(images):
-    backbone, clf = _fit_cnn(
-        images, warmup_epochs=1, max_epochs=2, unfreeze_depth=1, train_bn=True
-    )
+    backbone, clf = _fit_cnn(images, warmup_epochs=1, max_epochs=2, unfreeze_depth=1, train_bn=True)
     start = _state(backbone)
     blocks = clf.net_.module_.body.blocks
     assert not torch.equal(blocks[2][1].running_mean, start["2.1.running_mean"])
@@ -175,3 +173,29 @@ def test_same_random_state_same_predictions(vectors, device):
     p3 = FineTunedClassifier(random_state=4, **params).fit(X, y).predict_proba(X)
     np.testing.assert_array_equal(p1, p2)
     assert not np.array_equal(p1, p3)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_linear_probe_warmup_starts_the_head_from_logistic_regression(n_classes):
+    from sklearn.linear_model import LogisticRegression
+
+    from sktransfer import PretrainedFeatureExtractor
+
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(60, 6)).astype(np.float32)
+    y = np.digitize(X[:, 0], np.quantile(X[:, 0], np.linspace(0, 1, n_classes + 1)[1:-1]))
+    backbone = make_mlp(n_in=6)
+    features = PretrainedFeatureExtractor(backbone=backbone).fit_transform(X)
+    probe = LogisticRegression(max_iter=1000).fit(features, y)
+    clf = FineTunedClassifier(
+        backbone=backbone,
+        warmup="linear_probe",
+        warmup_epochs=0,
+        max_epochs=1,
+        lr=1e-12,
+        backbone_lr=1e-12,
+        random_state=0,
+    ).fit(X, y)
+    # With negligible learning rates, the model is the probe.
+    np.testing.assert_allclose(clf.predict_proba(X), probe.predict_proba(features), atol=1e-4)
+    assert clf.history_[0]["phase"] == "finetune"

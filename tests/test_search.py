@@ -17,9 +17,7 @@ PARAM_GRID = [
 
 def _candidates():
     out = [
-        {"clf__unfreeze_depth": d, "clf__backbone_lr": lr}
-        for d in (0, 1, 2)
-        for lr in (1e-4, 1e-3)
+        {"clf__unfreeze_depth": d, "clf__backbone_lr": lr} for d in (0, 1, 2) for lr in (1e-4, 1e-3)
     ]
     return out + [{"clf__weights": None}]
 
@@ -30,7 +28,10 @@ def test_grid_search_over_depth_lr_and_scratch(vectors, n_jobs):
     pipe = Pipeline(
         [
             ("scale", StandardScaler()),
-            ("clf", FineTunedClassifier(backbone=make_mlp(), lr=1e-2, max_epochs=4, random_state=0)),
+            (
+                "clf",
+                FineTunedClassifier(backbone=make_mlp(), lr=1e-2, max_epochs=4, random_state=0),
+            ),
         ]
     )
     search = GridSearchCV(pipe, PARAM_GRID, cv=3, n_jobs=n_jobs).fit(X, y)
