@@ -19,7 +19,7 @@ from torchvision.models import WeightsEnum
 from ._backbones import list_backbones
 from ._base import BackboneMixin, embed, torch_seed
 from ._freeze import block_param_groups, count_trainable
-from ._input import as_dataset
+from ._input import as_dataset, iter_batches
 from ._modules import TransferModule
 
 _OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
@@ -141,8 +141,16 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         Seeds weight initialisation and batch shuffling.
     device : str, default="cpu"
         Torch device to train and predict on.
+    frozen_cache : bool, default=True
+        Compute the output of frozen blocks once per ``fit`` and train the
+        head (and the top blocks) on it, instead of running frozen blocks on
+        every batch of every epoch. Frozen blocks run in eval mode and there
+        is no random augmentation, so the result is the same; it is off
+        where every block trains (``weights=None``). Memory: one float32
+        activation tensor per training sample at the cut (``verbose`` prints
+        its size).
     verbose : int, default=0
-        Verbosity of skorch's per-epoch log.
+        Verbosity of skorch's per-epoch log and of the cache.
 
     Attributes
     ----------
@@ -203,6 +211,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         "weight_decay": [Interval(Real, 0, None, closed="left")],
         "random_state": ["random_state"],
         "device": [str, torch.device],
+        "frozen_cache": ["boolean"],
         "verbose": ["verbose"],
     }
 
@@ -225,6 +234,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         weight_decay=0.0,
         random_state=None,
         device="cpu",
+        frozen_cache=True,
         verbose=0,
     ):
         self.backbone = backbone
@@ -243,6 +253,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         self.weight_decay = weight_decay
         self.random_state = random_state
         self.device = device
+        self.frozen_cache = frozen_cache
         self.verbose = verbose
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -331,10 +342,18 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
                     "finetune",
                 )
             module = TransferModule(body, n_classes=len(self.classes_))
-            if not scratch and self.warmup == "linear_probe":
-                self._init_head_from_probe(module, X, y)
             net = self._make_net(module, recipe)
-            net.fit(as_dataset(X, body.preprocess, y), y)
+            cache_off = self._why_no_frozen_cache()
+            if cache_off and self.verbose:
+                print(f"{type(self).__name__}: frozen-feature cache off: {cache_off}.")
+            frozen = None if cache_off else self._frozen_inputs(body, X)
+            if not scratch and self.warmup == "linear_probe":
+                features = frozen[1] if frozen else embed(body, X, self.batch_size, self.device)
+                self._init_head_from_probe(module, features, y)
+            if frozen is None:
+                net.fit(as_dataset(X, body.preprocess, y), y)
+            else:
+                self._fit_on_frozen_inputs(net, *frozen, y)
         self.net_ = net
         self.history_ = [
             {
@@ -348,9 +367,62 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         self.n_trainable_params_ = {row["phase"]: row["n_trainable_params"] for row in net.history}
         return self
 
-    def _init_head_from_probe(self, module, X, y):
+    def _why_no_frozen_cache(self):
+        """Why the frozen-feature cache cannot be used, or None where it can."""
+        if not self.frozen_cache:
+            return "frozen_cache=False"
+        if self.weights is None:
+            return "weights=None trains every block"
+        return None
+
+    def _frozen_inputs(self, body, X):
+        """Compute once what the frozen blocks give for every training sample.
+
+        Returns the activations entering the first trainable block (None when
+        only the head trains) and the pooled features of the frozen backbone.
+        Frozen blocks run in eval mode without gradients, as in training:
+        their output for a sample never changes while they are frozen.
+        """
+        cut = self.n_blocks_ - self.unfreeze_depth_
+        body.eval().to(self.device)
+        activations, pooled = [], []
+        with torch.no_grad():
+            for xb in iter_batches(X, body.preprocess, self.batch_size):
+                a = body.activations(xb.to(self.device), stop=cut)
+                if cut < self.n_blocks_:
+                    activations.append(a.cpu().numpy())
+                pooled.append(body.run_from(a, cut).cpu().numpy())
+        activations = np.concatenate(activations) if activations else None
+        pooled = np.concatenate(pooled)
+        if self.verbose:
+            size = (activations if activations is not None else pooled).nbytes / 2**20
+            print(
+                f"{type(self).__name__}: frozen-feature cache: {len(pooled)} samples "
+                f"cut before block {cut} of {self.n_blocks_}, {size:.1f} MiB."
+            )
+        return cut, pooled, activations
+
+    def _fit_on_frozen_inputs(self, net, cut, pooled, activations, y):
+        """Train on cached frozen outputs: pooled features in the warm-up, then
+        the activations at the cut while the top blocks fine-tune."""
+        module = net.module_ if net.initialized_ else net.initialize().module_
+        warmup = self.warmup_epochs
+        try:
+            if warmup:
+                module.input_stage = "pooled"
+                net.partial_fit(pooled, y, epochs=warmup)
+            if self.max_epochs > warmup:
+                module.input_stage = "pooled" if activations is None else cut
+                net.partial_fit(
+                    pooled if activations is None else activations,
+                    y,
+                    epochs=self.max_epochs - warmup,
+                )
+        finally:
+            module.input_stage = "raw"
+
+    def _init_head_from_probe(self, module, features, y):
         """Set the head to a logistic regression fitted on frozen features."""
-        features = embed(module.body, X, self.batch_size, self.device)
         probe = LogisticRegression(max_iter=1000).fit(features, y)
         coef = torch.as_tensor(probe.coef_, dtype=torch.float32)
         intercept = torch.as_tensor(probe.intercept_, dtype=torch.float32)

@@ -54,10 +54,20 @@ class Body(nn.Module):
         self.output_dim = None
 
     def forward(self, x):
-        x = self.preprocess(x)
-        for block in self.blocks:
+        return self.run_from(self.preprocess(x), 0)
+
+    def run_from(self, x, start):
+        """Pooled output for ``x``, the activations entering block ``start``."""
+        for block in self.blocks[start:]:
             x = block(x)
         return pool_features(x)
+
+    def activations(self, x, stop):
+        """Preprocess ``x`` and run the blocks before ``stop``; no pooling."""
+        x = self.preprocess(x)
+        for block in self.blocks[:stop]:
+            x = block(x)
+        return x
 
     def infer_output_dim(self, sample):
         """Run ``sample`` once in eval mode, without gradients, to size the output.
@@ -79,12 +89,17 @@ class TransferModule(nn.Module):
     Only the head trains until :meth:`set_trainable_depth` unfreezes blocks.
     ``train()`` keeps frozen blocks, and BatchNorm unless ``train_bn``, in
     eval mode.
+
+    ``input_stage`` says what the input is: ``"raw"`` data, an int ``k`` for
+    the activations entering block ``k`` (computed once by frozen blocks), or
+    ``"pooled"`` backbone features.
     """
 
     def __init__(self, body, n_classes):
         super().__init__()
         self.body = body
         self.head = nn.Linear(body.output_dim, n_classes)
+        self.input_stage = "raw"
         self.set_trainable_depth(0, train_bn=False)
 
     def set_trainable_depth(self, depth, train_bn):
@@ -104,4 +119,10 @@ class TransferModule(nn.Module):
         return self
 
     def forward(self, x):
-        return self.head(self.body(x))
+        if self.input_stage == "raw":
+            features = self.body(x)
+        elif self.input_stage == "pooled":
+            features = x
+        else:
+            features = self.body.run_from(x, self.input_stage)
+        return self.head(features)

@@ -1,0 +1,105 @@
+"""The frozen-feature cache: frozen blocks run once per fit, results unchanged."""
+
+import numpy as np
+import pytest
+from sklearn.model_selection import GridSearchCV
+
+from sktransfer import FineTunedClassifier
+
+from .conftest import make_cnn
+
+
+def _cnn_data(images):
+    X, y = images
+    return (X.transpose(0, 3, 1, 2) / 255).astype(np.float32), y
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"unfreeze_depth": 1, "warmup_epochs": 2},
+        {"unfreeze_depth": 0},
+        {"unfreeze_depth": "all", "warmup_epochs": 0},
+        {"unfreeze_depth": 2, "train_bn": True, "layer_decay": 0.5},
+        {"unfreeze_depth": 2, "warmup": "linear_probe"},
+    ],
+)
+def test_cache_on_and_off_give_the_same_model(images, params):
+    X, y = _cnn_data(images)
+    common = {"backbone": make_cnn(), "max_epochs": 4, "batch_size": 4, "random_state": 0}
+    on = FineTunedClassifier(frozen_cache=True, **common, **params).fit(X, y)
+    off = FineTunedClassifier(frozen_cache=False, **common, **params).fit(X, y)
+    np.testing.assert_allclose(on.predict_proba(X), off.predict_proba(X), atol=1e-6)
+    losses_on = [row["train_loss"] for row in on.history_]
+    losses_off = [row["train_loss"] for row in off.history_]
+    np.testing.assert_allclose(losses_on, losses_off, rtol=1e-5)
+    assert [r["phase"] for r in on.history_] == [r["phase"] for r in off.history_]
+
+
+def _count_calls(module):
+    calls = []
+    module.register_forward_hook(lambda *args: calls.append(1))
+    return calls
+
+
+def test_frozen_blocks_run_once_per_fit(images, monkeypatch):
+    X, y = _cnn_data(images)
+    counts = {}
+
+    # Count forward calls of each block of the copy fit makes.
+    from sktransfer import _backbones
+
+    build = _backbones.build_from_module
+
+    def counting_build(*args, **kwargs):
+        body = build(*args, **kwargs)
+        for i, block in enumerate(body.blocks):
+            counts[i] = _count_calls(block)
+        return body
+
+    monkeypatch.setattr("sktransfer._base.build_from_module", counting_build)
+    # 12 samples in batches of 4: 3 batches an epoch; 2 warm-up epochs, 3 more.
+    # With the cache, one pass over the data, then only the top block runs.
+    for frozen_cache, bottom, top in [(True, 3, 3 + 3 * 3), (False, 5 * 3, 5 * 3)]:
+        counts.clear()
+        FineTunedClassifier(
+            backbone=make_cnn(),
+            unfreeze_depth=1,
+            warmup_epochs=2,
+            max_epochs=5,
+            batch_size=4,
+            frozen_cache=frozen_cache,
+        ).fit(X, y)
+        assert (len(counts[0]), len(counts[2])) == (bottom, top)
+
+
+def test_cache_is_off_from_scratch_and_says_so(images, capsys):
+    X, y = _cnn_data(images)
+    FineTunedClassifier(backbone=make_cnn(), weights=None, max_epochs=1, verbose=1).fit(X, y)
+    assert "frozen-feature cache off: weights=None trains every block" in capsys.readouterr().out
+    FineTunedClassifier(backbone=make_cnn(), unfreeze_depth=1, max_epochs=1, verbose=1).fit(X, y)
+    assert "frozen-feature cache: 12 samples cut before block 2 of 3" in capsys.readouterr().out
+
+
+def test_grid_search_results_do_not_change_with_the_cache(images):
+    X, y = _cnn_data(images)
+    grid = [
+        {"unfreeze_depth": [0, 1, 2], "backbone_lr": [1e-3, 1e-2]},
+        {"weights": [None]},
+    ]
+    results = []
+    for frozen_cache in (True, False):
+        clf = FineTunedClassifier(
+            backbone=make_cnn(),
+            max_epochs=3,
+            batch_size=4,
+            lr=1e-2,
+            random_state=0,
+            frozen_cache=frozen_cache,
+        )
+        results.append(GridSearchCV(clf, grid, cv=2).fit(X, y))
+    on, off = results
+    assert on.best_params_ == off.best_params_
+    np.testing.assert_allclose(
+        on.cv_results_["mean_test_score"], off.cv_results_["mean_test_score"], atol=1e-6
+    )
