@@ -2,6 +2,7 @@
 
 from contextlib import contextmanager
 
+import joblib
 import numpy as np
 import torch
 from sklearn.utils import check_random_state
@@ -29,6 +30,37 @@ def embed(body, X, batch_size, device):
         ]
     body.train(was_training)
     return np.concatenate(features).astype(np.float32, copy=False)
+
+
+def frozen_pass(body, X, cut, batch_size, device, key=None):
+    """Run the frozen part of ``body`` once over ``X``, in eval mode, no gradients.
+
+    Returns the pooled features of the whole (frozen) backbone and the
+    activations entering block ``cut`` (None when ``cut`` is past the last
+    block). ``key`` identifies the inputs for ``joblib.Memory``; unused here.
+    """
+    was_training = body.training
+    body.eval()
+    activations, pooled = [], []
+    with torch.no_grad():
+        for xb in iter_batches(X, body.preprocess, batch_size):
+            a = body.activations(xb.to(device), stop=cut)
+            if cut < len(body.blocks):
+                activations.append(a.cpu().numpy())
+            pooled.append(body.run_from(a, cut).cpu().numpy())
+    body.train(was_training)
+    return np.concatenate(pooled), (np.concatenate(activations) if activations else None)
+
+
+def fingerprint(body, X):
+    """Content hash of a backbone (architecture, weights, preprocessing) and data.
+
+    ``joblib.hash`` of a tensor depends on its memory address, so the weights
+    are hashed as numpy arrays.
+    """
+    state = {k: v.detach().cpu().numpy() for k, v in body.state_dict().items()}
+    config = getattr(body.preprocess, "config", None)
+    return joblib.hash((repr(body), config, state, X))
 
 
 class BackboneMixin:

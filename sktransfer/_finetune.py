@@ -8,18 +8,23 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import LabelEncoder
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_consistent_length, check_is_fitted, validate_data
+from sklearn.utils.validation import (
+    check_consistent_length,
+    check_is_fitted,
+    check_memory,
+    validate_data,
+)
 from skorch import NeuralNetClassifier
 from skorch.callbacks import Callback
 from torch import nn
 from torchvision.models import WeightsEnum
 
 from ._backbones import list_backbones
-from ._base import BackboneMixin, embed, torch_seed
+from ._base import BackboneMixin, embed, fingerprint, frozen_pass, torch_seed
 from ._freeze import block_param_groups, count_trainable
-from ._input import as_dataset, iter_batches
+from ._input import as_dataset
 from ._modules import TransferModule
 
 _OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
@@ -149,6 +154,13 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         where every block trains (``weights=None``). Memory: one float32
         activation tensor per training sample at the cut (``verbose`` prints
         its size).
+    memory : str, joblib.Memory or None, default=None
+        Where to keep the frozen blocks' outputs across fits, as in
+        ``Pipeline(memory=...)``: a folder or a ``joblib.Memory``. Every
+        candidate of a search with the same backbone, weights, preprocessing,
+        cut (``unfreeze_depth``), batch size and training data reuses them,
+        also with ``GridSearchCV(n_jobs=2)``. Only used where the frozen
+        cache is on.
     verbose : int, default=0
         Verbosity of skorch's per-epoch log and of the cache.
 
@@ -212,6 +224,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         "random_state": ["random_state"],
         "device": [str, torch.device],
         "frozen_cache": ["boolean"],
+        "memory": [None, str, HasMethods(["cache"])],
         "verbose": ["verbose"],
     }
 
@@ -235,6 +248,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         random_state=None,
         device="cpu",
         frozen_cache=True,
+        memory=None,
         verbose=0,
     ):
         self.backbone = backbone
@@ -254,6 +268,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         self.random_state = random_state
         self.device = device
         self.frozen_cache = frozen_cache
+        self.memory = memory
         self.verbose = verbose
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -376,24 +391,23 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         return None
 
     def _frozen_inputs(self, body, X):
-        """Compute once what the frozen blocks give for every training sample.
+        """What the frozen blocks give for every training sample, computed once.
 
-        Returns the activations entering the first trainable block (None when
-        only the head trains) and the pooled features of the frozen backbone.
-        Frozen blocks run in eval mode without gradients, as in training:
-        their output for a sample never changes while they are frozen.
+        Returns ``(cut, pooled, activations)``: the index of the first
+        trainable block, the pooled features of the frozen backbone, and the
+        activations entering block ``cut`` (None when only the head trains).
+        With ``memory``, they are kept on disk, keyed by the backbone's
+        architecture and weights, its preprocessing, the cut, the batch size
+        and the data, so candidates of a search on the same fold share them.
         """
         cut = self.n_blocks_ - self.unfreeze_depth_
         body.eval().to(self.device)
-        activations, pooled = [], []
-        with torch.no_grad():
-            for xb in iter_batches(X, body.preprocess, self.batch_size):
-                a = body.activations(xb.to(self.device), stop=cut)
-                if cut < self.n_blocks_:
-                    activations.append(a.cpu().numpy())
-                pooled.append(body.run_from(a, cut).cpu().numpy())
-        activations = np.concatenate(activations) if activations else None
-        pooled = np.concatenate(pooled)
+        if self.memory is None:
+            pooled, activations = frozen_pass(body, X, cut, self.batch_size, self.device)
+        else:
+            cached = check_memory(self.memory).cache(frozen_pass, ignore=["body", "X", "device"])
+            key = fingerprint(body, X)
+            pooled, activations = cached(body, X, cut, self.batch_size, self.device, key=key)
         if self.verbose:
             size = (activations if activations is not None else pooled).nbytes / 2**20
             print(

@@ -22,6 +22,10 @@ class ImagePreprocess(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
+    @property
+    def config(self):
+        return (self.size, self.interpolation)
+
     def forward(self, x):
         if x.dtype == torch.uint8:
             x = x.to(torch.float32) / 255.0

@@ -216,8 +216,11 @@ def run(X, y, backbone, sizes, seeds, n_jobs=1):
 def summarize(runs):
     """Mean test accuracy over seeds per size and method, and the chosen params."""
     table = runs.pivot_table(index="n_per_class", columns="method", values="accuracy")
-    table = table[list(METHODS)].round(3)
+    table = table[list(METHODS)].round(3).rename_axis(columns=None)
     table["fine-tuned - scratch"] = (table["fine-tuned"] - table["scratch"]).round(3)
+    paired = runs.pivot_table(index=["n_per_class", "seed"], columns="method", values="accuracy")
+    wins = (paired["fine-tuned"] > paired["scratch"]).groupby(level=0)
+    table["seeds fine-tuned > scratch"] = wins.sum().astype(str) + "/" + wins.size().astype(str)
     fine = runs[runs["method"] == "fine-tuned"]
     table["chosen depth@backbone_lr per seed"] = fine.groupby("n_per_class")["chosen"].agg(" ".join)
     return table

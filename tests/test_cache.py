@@ -103,3 +103,26 @@ def test_grid_search_results_do_not_change_with_the_cache(images):
     np.testing.assert_allclose(
         on.cv_results_["mean_test_score"], off.cv_results_["mean_test_score"], atol=1e-6
     )
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_memory_shares_frozen_outputs_across_candidates_and_folds(images, tmp_path, n_jobs):
+    import joblib
+
+    X, y = _cnn_data(images)
+    grid = {"unfreeze_depth": [0, 1, 2], "backbone_lr": [1e-3, 1e-2]}
+    memory = joblib.Memory(tmp_path, verbose=0)
+    results = []
+    for mem in (None, memory):
+        clf = FineTunedClassifier(
+            backbone=make_cnn(), max_epochs=3, batch_size=4, random_state=0, memory=mem
+        )
+        results.append(GridSearchCV(clf, grid, cv=2, n_jobs=n_jobs).fit(X, y))
+    plain, cached = results
+    assert plain.best_params_ == cached.best_params_
+    np.testing.assert_allclose(
+        plain.cv_results_["mean_test_score"], cached.cv_results_["mean_test_score"], atol=1e-6
+    )
+    # One frozen pass per (fold, cut) and one for the refit: 2 * 3 + 1, not 2 * 6 + 1.
+    entries = [p for p in tmp_path.rglob("output.pkl")]
+    assert len(entries) == 7
