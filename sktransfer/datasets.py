@@ -1,5 +1,7 @@
 """Synthetic classification tasks that share structure, for transfer experiments."""
 
+import os
+
 import numpy as np
 from sklearn.utils import check_random_state
 
@@ -82,3 +84,93 @@ def make_transfer_classification(
     X = np.hstack([signal, nuisance]) + 0.05 * rng.standard_normal((y.size, n_signal + n_nuisance))
     order = rng.permutation(y.size)
     return X[order].astype(np.float32), y[order]
+
+
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+# Where Debian's dataset-fashion-mnist package installs the idx files.
+_DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+
+
+def _read_idx(path, offset):
+    import gzip
+
+    with gzip.open(path) as f:
+        return np.frombuffer(f.read(), dtype=np.uint8, offset=offset)
+
+
+def _find_idx_folder(folders):
+    for folder in folders:
+        names = [name for pair in _IDX_FILES.values() for name in pair]
+        if folder and all(os.path.isfile(os.path.join(folder, n)) for n in names):
+            return folder
+    return None
+
+
+def fetch_fashion_mnist(data_home=None, download=True):
+    """Fashion-MNIST: 60,000 training and 10,000 test 28x28 grey images, 10 classes.
+
+    The idx files are read from ``data_home``, or from where Debian's
+    ``dataset-fashion-mnist`` package installs them
+    (``apt-get install dataset-fashion-mnist``). Otherwise, with ``download``,
+    torchvision downloads them into ``data_home`` (default
+    ``~/.cache/sktransfer``).
+
+    Parameters
+    ----------
+    data_home : str or None, default=None
+        Folder holding (or receiving) the four ``*-ubyte.gz`` files.
+    download : bool, default=True
+        Whether to download the files when they are not found.
+
+    Returns
+    -------
+    X_train : ndarray of shape (60000, 28, 28), uint8
+    y_train : ndarray of shape (60000,), int64
+    X_test : ndarray of shape (10000, 28, 28), uint8
+    y_test : ndarray of shape (10000,), int64
+        Class names are in ``FASHION_MNIST_CLASSES``.
+    """
+    cache = data_home or os.path.join(os.path.expanduser("~"), ".cache", "sktransfer")
+    folder = _find_idx_folder(
+        [data_home, _DEBIAN_FASHION_MNIST, os.path.join(cache, "FashionMNIST", "raw")]
+    )
+    if folder is None:
+        if not download:
+            raise FileNotFoundError(_fashion_mnist_help(data_home))
+        from torchvision.datasets import FashionMNIST
+
+        try:
+            FashionMNIST(cache, download=True)
+        except Exception as exc:  # network errors come in many types
+            raise RuntimeError(f"{_fashion_mnist_help(data_home)} ({exc})") from exc
+        folder = os.path.join(cache, "FashionMNIST", "raw")
+    arrays = []
+    for images, labels in _IDX_FILES.values():
+        X = _read_idx(os.path.join(folder, images), 16).reshape(-1, 28, 28)
+        arrays += [X, _read_idx(os.path.join(folder, labels), 8).astype(np.int64)]
+    return tuple(arrays)
+
+
+def _fashion_mnist_help(data_home):
+    return (
+        "Fashion-MNIST was not found"
+        + (f" in data_home={data_home!r}" if data_home else "")
+        + f" nor in {_DEBIAN_FASHION_MNIST}, and could not be downloaded. Install it "
+        "with `apt-get install dataset-fashion-mnist`, or put the four *-ubyte.gz "
+        "files in a folder and pass it as data_home."
+    )
