@@ -43,7 +43,7 @@ def frozen_pass(body, X, cut, batch_size, device, key=None):
     body.eval()
     activations, pooled = [], []
     with torch.no_grad():
-        for xb in iter_batches(X, body.preprocess, batch_size):
+        for xb in iter_batches(X, body.preprocess, batch_size, contiguous=True):
             a = body.activations(xb.to(device), stop=cut)
             if cut < len(body.blocks):
                 activations.append(a.cpu().numpy())

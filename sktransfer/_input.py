@@ -132,12 +132,19 @@ def first_batch(X, preprocess):
     return torch.as_tensor(np.ascontiguousarray(X[:1]))
 
 
-def iter_batches(X, preprocess, batch_size):
-    """Yield input tensors of at most ``batch_size`` items, in order."""
+def iter_batches(X, preprocess, batch_size, contiguous=False):
+    """Yield input tensors of at most ``batch_size`` items, in order.
+
+    Array batches are views of ``X``: a channels-last view (from
+    ``(n, H, W, 3)`` images) stays channels last, which convolutions on the
+    CPU run faster. ``contiguous=True`` gives C-contiguous batches, as the
+    training loop's collated batches are, for bit-for-bit equal results.
+    """
     if isinstance(X, ImagePaths):
         loader = torch.utils.data.DataLoader(as_dataset(X, preprocess), batch_size=batch_size)
         for xb, _ in loader:
             yield xb
         return
     for start in range(0, len(X), batch_size):
-        yield torch.as_tensor(np.ascontiguousarray(X[start : start + batch_size]))
+        batch = X[start : start + batch_size]
+        yield torch.as_tensor(np.ascontiguousarray(batch) if contiguous else batch)
