@@ -10,6 +10,10 @@ examples per class, mean over seeds.
 
     python benchmarks/seed_experiment.py [--seeds 10] [--sizes 5 10 20 50 100]
 
+With ``--variants``, it also compares ``unfreeze_depth`` 0..3 and
+``layer_decay`` 0.3 (with depth 3) against the same budget: which depth wins
+at which n.
+
 Prints a table and writes it to ``seed_experiment.csv``.
 """
 
@@ -42,20 +46,33 @@ def pretrain(seed):
     return nn.Sequential(*source.net_.module_.body.blocks)
 
 
-def run(seed, n, backbone, test):
+VARIANTS = {
+    "depth 0": {"unfreeze_depth": 0},
+    "depth 1": {"unfreeze_depth": 1},
+    "depth 2": {"unfreeze_depth": 2},
+    "depth 3, decay 0.3": {"unfreeze_depth": 3, "layer_decay": 0.3},
+}
+
+
+def run(seed, n, backbone, test, variants=False):
+    """Test accuracy of transfer (depth 3 = all), scratch and, optionally, variants."""
     X, y = make_transfer_classification(TARGET, n, random_state=2000 + seed)
     common = {"backbone": backbone, "lr": 3e-3, "max_epochs": 100, "random_state": seed}
-    transfer = FineTunedClassifier(
-        unfreeze_depth="all", backbone_lr=3e-4, warmup_epochs=40, **common
-    ).fit(X, y)
-    scratch = FineTunedClassifier(weights=None, **common).fit(X, y)
-    return transfer.score(*test), scratch.score(*test)
+    transfer = {"backbone_lr": 3e-4, "warmup_epochs": 40, **common}
+    models = {
+        "transfer": FineTunedClassifier(unfreeze_depth="all", **transfer),
+        "scratch": FineTunedClassifier(weights=None, **common),
+    }
+    if variants:
+        models.update({k: FineTunedClassifier(**transfer, **v) for k, v in VARIANTS.items()})
+    return {name: model.fit(X, y).score(*test) for name, model in models.items()}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--sizes", type=int, nargs="+", default=[5, 10, 20, 50, 100])
+    parser.add_argument("--variants", action="store_true")
     parser.add_argument("--csv", default="seed_experiment.csv")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # tiny networks: one thread is fastest
@@ -67,27 +84,22 @@ def main(argv=None):
     print(f"pretrained {len(seeds)} source networks in {time.perf_counter() - start:.0f} s")
     rows = []
     for n in args.sizes:
-        scores = np.array([run(seed, n, sources[seed], test) for seed in seeds])
-        rows.append(
-            {
-                "n_per_class": n,
-                "transfer": scores[:, 0].mean(),
-                "transfer_std": scores[:, 0].std(),
-                "scratch": scores[:, 1].mean(),
-                "scratch_std": scores[:, 1].std(),
-            }
-        )
+        scores = [run(seed, n, sources[seed], test, args.variants) for seed in seeds]
+        row = {"n_per_class": n}
+        for name in scores[0]:
+            values = np.array([s[name] for s in scores])
+            row[name] = round(values.mean(), 4)
+            row[f"{name} std"] = round(values.std(), 4)
+        rows.append(row)
         print(
-            f"n={n:>3}/class  transfer {rows[-1]['transfer']:.3f} ± {rows[-1]['transfer_std']:.3f}"
-            f"  scratch {rows[-1]['scratch']:.3f} ± {rows[-1]['scratch_std']:.3f}",
+            f"n={n:>3}/class  "
+            + "  ".join(f"{k} {row[k]:.3f} ± {row[k + ' std']:.3f}" for k in scores[0]),
             flush=True,
         )
     with open(args.csv, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
-        writer.writerows(
-            {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows
-        )
+        writer.writerows(rows)
     print(f"wrote {args.csv}")
 
 
