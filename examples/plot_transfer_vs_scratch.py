@@ -20,18 +20,17 @@ Everything runs offline on the CPU in well under a minute.
 # %%
 # Pretrain on the source task
 # ---------------------------
-# :func:`sktransfer.demo.pretrain` fits the CNN from scratch on every even digit
-# and returns its two convolutional blocks, without the top block that was fitted
-# to the even classes. That ``nn.Sequential`` is the pretrained backbone.
+# :func:`sktransfer.demo.digits_task` fits the CNN from scratch on every even
+# digit (:func:`sktransfer.demo.pretrain`) and keeps its two convolutional
+# blocks, without the top block that was fitted to the even classes. That
+# ``nn.Sequential`` is the pretrained backbone of the odd-digits task.
 import matplotlib.pyplot as plt
 import torch
 
-from sktransfer.demo import draw_curves, load_tasks, pretrain, run, summarize
+from sktransfer.demo import digits_task, draw_curves, run, summarize
 
 torch.set_num_threads(1)  # tiny networks: one thread each, two grid-search processes
-(X_source, y_source), (X, y) = load_tasks()
-backbone = pretrain(X_source, y_source)
-print(backbone)
+task = digits_task()
 
 # %%
 # Learn the odd digits from a few examples per class
@@ -40,7 +39,7 @@ print(backbone)
 # per odd digit, and a test set from the remaining images. The grid search only
 # sees the training images.
 seeds, sizes = (0, 1), (3, 10)
-runs, (search, X_test, y_test) = run(X, y, backbone, sizes, seeds, n_jobs=2)
+runs, (search, X_test, y_test) = run(task, sizes, seeds, n_jobs=2)
 table = summarize(runs)
 print(table.to_string())
 
@@ -51,7 +50,7 @@ print(table.to_string())
 # only two seeds the error bars are wide, the full demo uses five seeds and four
 # sizes.
 fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
-draw_curves(runs, ax)
+draw_curves(runs, ax, task.name)
 plt.show()
 
 # %%

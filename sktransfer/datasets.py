@@ -110,7 +110,7 @@ def _read_idx(path, offset):
     import gzip
 
     with gzip.open(path) as f:
-        return np.frombuffer(f.read(), dtype=np.uint8, offset=offset)
+        return np.frombuffer(bytearray(f.read()), dtype=np.uint8, offset=offset)
 
 
 def _find_idx_folder(folders):

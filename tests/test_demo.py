@@ -1,19 +1,61 @@
 """The README's demo runs end to end (in its quick form) and writes what it says."""
 
+import gzip
+
 import joblib
+import numpy as np
 import pandas as pd
 
-from sktransfer import demo
+from sktransfer import datasets, demo
 
 
-def test_demo_quick_writes_table_plot_and_a_model_that_reloads(tmp_path, capsys):
-    demo.main(["--quick", "--output-dir", str(tmp_path), "--n-jobs", "1"])
-    out = capsys.readouterr().out
+def _check_outputs(folder, out, sizes, model_file):
     assert "same probabilities: True" in out
-    results = pd.read_csv(tmp_path / "results.csv", index_col=0)
-    assert list(results.index) == [3, 5]
+    results = pd.read_csv(folder / "results.csv", index_col=0)
+    assert list(results.index) == sizes
+    assert (folder / "accuracy_vs_examples.png").stat().st_size > 10_000
+    return joblib.load(folder / model_file), results
+
+
+def test_digits_demo_quick(tmp_path, capsys):
+    demo.main(["--data", "digits", "--quick", "--output-dir", str(tmp_path), "--n-jobs", "1"])
+    model, results = _check_outputs(
+        tmp_path, capsys.readouterr().out, [3, 5], "finetuned_digits.joblib"
+    )
     assert results[["fine-tuned", "frozen + logreg", "scratch"]].gt(0.2).all().all()
-    assert (tmp_path / "accuracy_vs_examples.png").stat().st_size > 10_000
-    model = joblib.load(tmp_path / "finetuned_digits.joblib")
     (_, _), (X, y) = demo.load_tasks()
     assert model.score(X, y) > 0.5
+
+
+def _fake_fashion_mnist(folder):
+    """Tiny idx files in Fashion-MNIST's format: 8 training and 2 test images a class."""
+    rng = np.random.RandomState(0)
+    for split, n in (("train", 8), ("test", 2)):
+        images, labels = datasets._IDX_FILES[split]
+        y = np.repeat(np.arange(10, dtype=np.uint8), n)
+        X = rng.randint(0, 40, size=(len(y), 28, 28)).astype(np.uint8)
+        X[np.arange(len(y)), y, :] = 255  # a class-dependent stripe
+        with gzip.open(folder / images, "wb") as f:
+            f.write(bytes(16) + X.tobytes())
+        with gzip.open(folder / labels, "wb") as f:
+            f.write(bytes(8) + y.tobytes())
+
+
+def test_fashion_mnist_demo_quick_on_real_weights(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(datasets, "_DEBIAN_FASHION_MNIST", str(tmp_path / "absent"))
+    _fake_fashion_mnist(tmp_path)
+    out_dir = tmp_path / "out"
+    demo.main(["--data-home", str(tmp_path), "--quick", "--output-dir", str(out_dir)])
+    out = capsys.readouterr().out
+    assert "Fashion-MNIST, EfficientNet-Lite0 (ImageNet)" in out
+    model, _ = _check_outputs(out_dir, out, [5], "finetuned_fashion_mnist.joblib")
+    finetune = model.named_steps["finetune"]
+    assert finetune.backbone == "efficientnet_lite0"
+    assert finetune.unfreeze_depth_ in (0, 3)
+
+
+def test_auto_falls_back_to_digits_without_fashion_mnist(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(datasets, "_DEBIAN_FASHION_MNIST", str(tmp_path / "absent"))
+    monkeypatch.setattr(demo, "digits_task", lambda: "digits")
+    assert demo.load_task("auto", str(tmp_path)) == "digits"
+    assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().out
