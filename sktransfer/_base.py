@@ -1,5 +1,6 @@
 """What both estimators share: input checks, backbone loading and seeding."""
 
+import os
 from contextlib import contextmanager
 
 import joblib
@@ -8,14 +9,15 @@ import torch
 from sklearn.utils import check_random_state
 
 from ._backbones import build_from_module, build_named
-from ._input import check_images, check_module_input, first_batch, iter_batches
+from ._input import ImagePaths, check_images, check_module_input, first_batch, iter_batches
 
 
 @contextmanager
 def torch_seed(random_state):
     """Seed torch from ``random_state`` without touching the caller's RNG state."""
     seed = int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
-    with torch.random.fork_rng(devices=[]):
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
         yield
 
@@ -36,8 +38,10 @@ def frozen_pass(body, X, cut, batch_size, device, key=None):
     """Run the frozen part of ``body`` once over ``X``, in eval mode, no gradients.
 
     Returns the pooled features of the whole (frozen) backbone and the
-    activations entering block ``cut`` (None when ``cut`` is past the last
-    block). ``key`` identifies the inputs for ``joblib.Memory``; unused here.
+    activations entering block ``cut``: None when ``cut`` is past the last
+    block, and when ``cut`` is 0 (they would be the preprocessed input, larger
+    than the data and no cheaper to train on). ``key`` identifies the inputs
+    for ``joblib.Memory``; unused here.
     """
     was_training = body.training
     body.eval()
@@ -45,7 +49,7 @@ def frozen_pass(body, X, cut, batch_size, device, key=None):
     with torch.no_grad():
         for xb in iter_batches(X, body.preprocess, batch_size, contiguous=True):
             a = body.activations(xb.to(device), stop=cut)
-            if cut < len(body.blocks):
+            if 0 < cut < len(body.blocks):
                 activations.append(a.cpu().numpy())
             pooled.append(body.run_from(a, cut).cpu().numpy())
     body.train(was_training)
@@ -60,6 +64,8 @@ def fingerprint(body, X):
     """
     state = {k: v.detach().cpu().numpy() for k, v in body.state_dict().items()}
     config = getattr(body.preprocess, "config", None)
+    if isinstance(X, ImagePaths):  # files rewritten in place must not hit the cache
+        X = [(path, os.stat(path).st_mtime_ns, os.stat(path).st_size) for path in X]
     return joblib.hash((repr(body), config, state, X))
 
 
@@ -68,6 +74,9 @@ class BackboneMixin:
 
     def _check_input(self, X, reset):
         if isinstance(self.backbone, str):
+            if reset:  # images have no feature count: forget one from an earlier fit
+                for name in ("n_features_in_", "feature_names_in_"):
+                    self.__dict__.pop(name, None)
             return check_images(X, self.backbone)
         return check_module_input(self, X, reset=reset)
 

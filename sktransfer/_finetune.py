@@ -50,6 +50,11 @@ class _TransferNet(NeuralNetClassifier):
             state["module"] = type(state["module"])
         return state
 
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if "module_" in self.__dict__:
+            self.module = self.module_
+
 
 class _Recipe(Callback):
     """Unfreeze the top ``depth`` blocks once ``warmup_epochs`` epochs are done.
@@ -303,8 +308,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
                 f"{type(self).__name__} needs samples of at least 2 classes in y; "
                 f"got 1 class: {encoder.classes_.tolist()[0]!r}."
             )
-        self.classes_ = encoder.classes_
-        return self._fit(X, encoder.transform(y).astype(np.int64))
+        return self._fit(X, encoder.transform(y).astype(np.int64), encoder.classes_)
 
     def _check_unfreeze_depth(self, n_blocks):
         depth = self.unfreeze_depth
@@ -315,7 +319,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
                 f"0..{n_blocks} or 'all'."
             )
 
-    def _make_net(self, module, recipe):
+    def _make_net(self, module, recipe, n_samples):
         optimizer = _OPTIMIZERS.get(self.optimizer, self.optimizer)
         kwargs = {"optimizer__weight_decay": self.weight_decay}
         if optimizer is torch.optim.SGD:
@@ -329,6 +333,9 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
             batch_size=self.batch_size,
             train_split=None,
             iterator_train__shuffle=True,
+            # A last batch of one sample breaks BatchNorm in train mode: leave it
+            # out (shuffling leaves out another sample each epoch).
+            iterator_train__drop_last=n_samples % self.batch_size == 1,
             callbacks=[("recipe", recipe)],
             device=self.device,
             verbose=self.verbose,
@@ -336,39 +343,44 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
             **kwargs,
         )
 
-    def _fit(self, X, y):
+    def _fit(self, X, y, classes):
         scratch = self.weights is None
         with torch_seed(self.random_state):
             body = self._load_backbone(X, check_n_blocks=self._check_unfreeze_depth)
-            self.n_blocks_ = len(body.blocks)
-            if scratch or self.unfreeze_depth == "all":
-                self.unfreeze_depth_ = self.n_blocks_
-            else:
-                self.unfreeze_depth_ = self.unfreeze_depth
+            n_blocks = len(body.blocks)
+            depth = n_blocks if scratch or self.unfreeze_depth == "all" else self.unfreeze_depth
             if scratch:
-                recipe = _Recipe(0, self.n_blocks_, self.lr, 1.0, True, "scratch")
+                recipe = _Recipe(0, n_blocks, self.lr, 1.0, True, "scratch")
             else:
                 recipe = _Recipe(
                     self.warmup_epochs,
-                    self.unfreeze_depth_,
+                    depth,
                     self.backbone_lr,
                     self.layer_decay,
                     self.train_bn,
                     "finetune",
                 )
-            module = TransferModule(body, n_classes=len(self.classes_))
-            net = self._make_net(module, recipe)
+            module = TransferModule(body, n_classes=len(classes))
+            net = self._make_net(module, recipe, len(y))
             cache_off = self._why_no_frozen_cache()
             if cache_off and self.verbose:
                 print(f"{type(self).__name__}: frozen-feature cache off: {cache_off}.")
-            frozen = None if cache_off else self._frozen_inputs(body, X)
+            cut = n_blocks - depth
+            frozen = None if cache_off else self._frozen_inputs(body, X, cut)
             if not scratch and self.warmup == "linear_probe":
-                features = frozen[1] if frozen else embed(body, X, self.batch_size, self.device)
+                if frozen is None:
+                    features = embed(body.to(self.device), X, self.batch_size, self.device)
+                else:
+                    features = frozen[0]
                 self._init_head_from_probe(module, features, y)
             if frozen is None:
                 net.fit(as_dataset(X, body.preprocess, y), y)
             else:
-                self._fit_on_frozen_inputs(net, *frozen, y)
+                self._fit_on_frozen_inputs(net, X, y, cut, *frozen)
+        # Fitted attributes are set together, once training has succeeded.
+        self.classes_ = classes
+        self.n_blocks_ = n_blocks
+        self.unfreeze_depth_ = depth
         self.net_ = net
         self.history_ = [
             {
@@ -390,48 +402,50 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
             return "weights=None trains every block"
         return None
 
-    def _frozen_inputs(self, body, X):
+    def _frozen_inputs(self, body, X, cut):
         """What the frozen blocks give for every training sample, computed once.
 
-        Returns ``(cut, pooled, activations)``: the index of the first
-        trainable block, the pooled features of the frozen backbone, and the
-        activations entering block ``cut`` (None when only the head trains).
+        Returns ``(pooled, activations)``: the pooled features of the frozen
+        backbone, and the activations entering the first trainable block
+        ``cut`` (None when only the head trains, or when every block trains and
+        the activations would only be the preprocessed input).
         With ``memory``, they are kept on disk, keyed by the backbone's
         architecture and weights, its preprocessing, the cut, the batch size
         and the data, so candidates of a search on the same fold share them.
         """
-        cut = self.n_blocks_ - self.unfreeze_depth_
         body.eval().to(self.device)
+        args = (body, X, cut, self.batch_size, self.device)
         if self.memory is None:
-            pooled, activations = frozen_pass(body, X, cut, self.batch_size, self.device)
+            pooled, activations = frozen_pass(*args)
         else:
             cached = check_memory(self.memory).cache(frozen_pass, ignore=["body", "X", "device"])
-            key = fingerprint(body, X)
-            pooled, activations = cached(body, X, cut, self.batch_size, self.device, key=key)
+            pooled, activations = cached(*args, key=fingerprint(body, X))
         if self.verbose:
             size = (activations if activations is not None else pooled).nbytes / 2**20
             print(
                 f"{type(self).__name__}: frozen-feature cache: {len(pooled)} samples "
-                f"cut before block {cut} of {self.n_blocks_}, {size:.1f} MiB."
+                f"cut before block {cut} of {len(body.blocks)}, {size:.1f} MiB."
             )
-        return cut, pooled, activations
+        return pooled, activations
 
-    def _fit_on_frozen_inputs(self, net, cut, pooled, activations, y):
+    def _fit_on_frozen_inputs(self, net, X, y, cut, pooled, activations):
         """Train on cached frozen outputs: pooled features in the warm-up, then
         the activations at the cut while the top blocks fine-tune."""
-        module = net.module_ if net.initialized_ else net.initialize().module_
+        module = net.initialize().module_
         warmup = self.warmup_epochs
+        if cut == len(module.body.blocks):
+            stage, inputs = "pooled", pooled
+        elif cut == 0:
+            stage, inputs = "raw", as_dataset(X, module.body.preprocess, y)
+        else:
+            stage, inputs = cut, activations
         try:
             if warmup:
                 module.input_stage = "pooled"
                 net.partial_fit(pooled, y, epochs=warmup)
             if self.max_epochs > warmup:
-                module.input_stage = "pooled" if activations is None else cut
-                net.partial_fit(
-                    pooled if activations is None else activations,
-                    y,
-                    epochs=self.max_epochs - warmup,
-                )
+                module.input_stage = stage
+                net.partial_fit(inputs, y, epochs=self.max_epochs - warmup)
         finally:
             module.input_stage = "raw"
 

@@ -61,7 +61,9 @@ def check_images(X, backbone):
     """
     if _is_path_sequence(X):
         return _check_paths(X)
-    X = check_array(X, allow_nd=True, ensure_2d=False, dtype="numeric", input_name="X")
+    X = _positive_strides(
+        check_array(X, allow_nd=True, ensure_2d=False, dtype="numeric", input_name="X")
+    )
     if X.ndim not in (3, 4):
         raise ValueError(
             f"X has shape {X.shape}, but backbone={backbone!r} takes images: {IMAGE_FORMS}."
@@ -88,8 +90,18 @@ def check_module_input(estimator, X, reset):
             "a backbone given as a module takes numeric arrays."
         )
     if getattr(X, "ndim", 2) > 2:
-        return check_array(X, allow_nd=True, dtype=np.float32, input_name="X")
-    return validate_data(estimator, X, reset=reset, dtype=np.float32)
+        if reset:  # no feature count for n-D input: forget one from an earlier fit
+            for name in ("n_features_in_", "feature_names_in_"):
+                estimator.__dict__.pop(name, None)
+        X = check_array(X, allow_nd=True, dtype=np.float32, input_name="X")
+    else:
+        X = validate_data(estimator, X, reset=reset, dtype=np.float32)
+    return _positive_strides(X)
+
+
+def _positive_strides(X):
+    """torch cannot wrap arrays with negative strides (``X[::-1]``): copy those."""
+    return X.copy() if any(stride < 0 for stride in X.strides) else X
 
 
 _PIL_RESAMPLE = {"nearest": 0, "bilinear": 2, "bicubic": 3}
