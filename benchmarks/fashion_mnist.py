@@ -20,11 +20,11 @@ table and writes ``fashion_mnist.csv``.
 """
 
 import argparse
-import csv
 import tempfile
 import time
 
 import numpy as np
+from _table import write_csv
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
@@ -108,11 +108,7 @@ def main(argv=None):
             acc = np.mean([r["accuracy"] for r in sel])
             fit = np.mean([r["fit_s"] for r in sel])
             print(f"n={n:>4} {name:<26} accuracy {acc:.3f}  fit {fit:6.1f} s")
-    with open(args.csv, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"wrote {args.csv}")
+    write_csv(rows, args.csv)
 
 
 if __name__ == "__main__":

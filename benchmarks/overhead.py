@@ -22,7 +22,6 @@ Prints a table and writes ``overhead.csv``.
 """
 
 import argparse
-import csv
 import os
 import statistics
 import tempfile
@@ -31,6 +30,7 @@ import tracemalloc
 
 import numpy as np
 import torch
+from _table import write_csv
 from torch import nn
 
 from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor
@@ -192,11 +192,7 @@ def main(argv=None):
     rows_ext = extractor_case(X, args.repeats)
     print_rows(rows_ext)
     all_rows = rows + rows_mlp + rows_ext
-    with open(args.csv, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(all_rows[0]))
-        writer.writeheader()
-        writer.writerows(all_rows)
-    print(f"wrote {args.csv}")
+    write_csv(all_rows, args.csv)
 
 
 def print_rows(rows):

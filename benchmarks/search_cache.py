@@ -14,12 +14,12 @@ Prints a table and writes ``search_cache.csv``.
 """
 
 import argparse
-import csv
 import statistics
 import tempfile
 import time
 
 import numpy as np
+from _table import write_csv
 
 from sktransfer import FineTunedClassifier
 from sktransfer.datasets import fetch_fashion_mnist
@@ -88,11 +88,7 @@ def main(argv=None):
     }
     for key, value in row.items():
         print(f"{key:>18}: {value}")
-    with open(args.csv, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        writer.writeheader()
-        writer.writerow(row)
-    print(f"wrote {args.csv}")
+    write_csv([row], args.csv)
 
 
 if __name__ == "__main__":

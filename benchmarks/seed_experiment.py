@@ -18,11 +18,11 @@ Prints a table and writes it to ``seed_experiment.csv``.
 """
 
 import argparse
-import csv
 import time
 
 import numpy as np
 import torch
+from _table import write_csv
 from torch import nn
 
 from sktransfer import FineTunedClassifier
@@ -96,11 +96,7 @@ def main(argv=None):
             + "  ".join(f"{k} {row[k]:.3f} ± {row[k + ' std']:.3f}" for k in scores[0]),
             flush=True,
         )
-    with open(args.csv, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"wrote {args.csv}")
+    write_csv(rows, args.csv)
 
 
 if __name__ == "__main__":
