@@ -9,7 +9,14 @@ import torch
 from sklearn.utils import check_random_state
 
 from ._backbones import build_from_module, build_named
-from ._input import ImagePaths, check_images, check_module_input, first_batch, iter_batches
+from ._input import (
+    ImagePaths,
+    check_images,
+    check_module_input,
+    first_batch,
+    forget_feature_count,
+    iter_batches,
+)
 
 
 @contextmanager
@@ -74,9 +81,8 @@ class BackboneMixin:
 
     def _check_input(self, X, reset):
         if isinstance(self.backbone, str):
-            if reset:  # images have no feature count: forget one from an earlier fit
-                for name in ("n_features_in_", "feature_names_in_"):
-                    self.__dict__.pop(name, None)
+            if reset:
+                forget_feature_count(self)
             return check_images(X, self.backbone)
         return check_module_input(self, X, reset=reset)
 

@@ -90,13 +90,18 @@ def check_module_input(estimator, X, reset):
             "a backbone given as a module takes numeric arrays."
         )
     if getattr(X, "ndim", 2) > 2:
-        if reset:  # no feature count for n-D input: forget one from an earlier fit
-            for name in ("n_features_in_", "feature_names_in_"):
-                estimator.__dict__.pop(name, None)
+        if reset:
+            forget_feature_count(estimator)
         X = check_array(X, allow_nd=True, dtype=np.float32, input_name="X")
     else:
         X = validate_data(estimator, X, reset=reset, dtype=np.float32)
     return _positive_strides(X)
+
+
+def forget_feature_count(estimator):
+    """Drop ``n_features_in_`` from an earlier fit: n-D input has no feature count."""
+    for name in ("n_features_in_", "feature_names_in_"):
+        estimator.__dict__.pop(name, None)
 
 
 def _positive_strides(X):
