@@ -30,37 +30,35 @@ def torch_seed(random_state):
 
 
 def embed(body, X, batch_size, device):
-    """Pooled features of ``X`` through ``body``, in eval mode, without gradients."""
-    was_training = body.training
-    body.eval()
-    with torch.inference_mode():
-        features = [
-            body(xb.to(device)).cpu().numpy() for xb in iter_batches(X, body.preprocess, batch_size)
-        ]
-    body.train(was_training)
-    return np.concatenate(features).astype(np.float32, copy=False)
+    """Pooled features of ``X`` through ``body``, in eval mode, without gradients.
+
+    Batches keep the input's memory layout (channels-last images run faster).
+    """
+    return frozen_pass(body, X, len(body.blocks), batch_size, device, contiguous=False)[0]
 
 
-def frozen_pass(body, X, cut, batch_size, device, key=None):
+def frozen_pass(body, X, cut, batch_size, device, key=None, contiguous=True):
     """Run the frozen part of ``body`` once over ``X``, in eval mode, no gradients.
 
     Returns the pooled features of the whole (frozen) backbone and the
     activations entering block ``cut``: None when ``cut`` is past the last
     block, and when ``cut`` is 0 (they would be the preprocessed input, larger
     than the data and no cheaper to train on). ``key`` identifies the inputs
-    for ``joblib.Memory``; unused here.
+    for ``joblib.Memory``; unused here. ``contiguous`` batches compute exactly
+    as the training loop's collated batches do.
     """
     was_training = body.training
     body.eval()
     activations, pooled = [], []
     with torch.no_grad():
-        for xb in iter_batches(X, body.preprocess, batch_size, contiguous=True):
+        for xb in iter_batches(X, body.preprocess, batch_size, contiguous=contiguous):
             a = body.activations(xb.to(device), stop=cut)
             if 0 < cut < len(body.blocks):
                 activations.append(a.cpu().numpy())
             pooled.append(body.run_from(a, cut).cpu().numpy())
     body.train(was_training)
-    return np.concatenate(pooled), (np.concatenate(activations) if activations else None)
+    pooled = np.concatenate(pooled).astype(np.float32, copy=False)
+    return pooled, (np.concatenate(activations) if activations else None)
 
 
 def fingerprint(body, X):
