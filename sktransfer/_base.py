@@ -18,6 +18,23 @@ from ._input import (
     iter_batches,
 )
 
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@contextmanager
+def autocast(device, precision):
+    """``torch.autocast`` to the dtype of ``precision``; nothing for ``"float32"``."""
+    dtype = PRECISIONS[precision]
+    with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
+        yield
+
+
+def memory_format(x, channels_last):
+    """``x`` in channels-last memory format where asked and 4-D, else as it is."""
+    if channels_last and x.ndim == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
 
 @contextmanager
 def torch_seed(random_state):
@@ -29,45 +46,64 @@ def torch_seed(random_state):
         yield
 
 
-def embed(body, X, batch_size, device):
+def embed(body, X, batch_size, device, precision="float32", channels_last=False):
     """Pooled features of ``X`` through ``body``, in eval mode, without gradients.
 
     Batches keep the input's memory layout (channels-last images run faster).
     """
-    return frozen_pass(body, X, len(body.blocks), batch_size, device, contiguous=False)[0]
+    cut = len(body.blocks)
+    return frozen_pass(
+        body, X, cut, batch_size, device, precision, channels_last, contiguous=False
+    )[0]
 
 
-def frozen_pass(body, X, cut, batch_size, device, key=None, contiguous=True):
+def frozen_pass(
+    body,
+    X,
+    cut,
+    batch_size,
+    device,
+    precision="float32",
+    channels_last=False,
+    key=None,
+    contiguous=True,
+):
     """Run the frozen part of ``body`` once over ``X``, in eval mode, no gradients.
 
-    Returns the pooled features of the whole (frozen) backbone and the
-    activations entering block ``cut``: None when ``cut`` is past the last
+    Returns the pooled features of the whole (frozen) backbone, float32, and
+    the activations entering block ``cut``: None when ``cut`` is past the last
     block, and when ``cut`` is 0 (they would be the preprocessed input, larger
-    than the data and no cheaper to train on). ``key`` identifies the inputs
+    than the data and no cheaper to train on). Activations are float16 with
+    ``precision="float16"``, float32 otherwise. ``key`` identifies the inputs
     for ``joblib.Memory``; unused here. ``contiguous`` batches compute exactly
     as the training loop's collated batches do.
     """
+    stored = torch.float16 if precision == "float16" else torch.float32
     was_training = body.training
     body.eval()
     activations, pooled = [], []
-    with torch.no_grad():
+    with torch.no_grad(), autocast(device, precision):
         for xb in iter_batches(X, body.preprocess, batch_size, contiguous=contiguous):
-            a = body.activations(xb.to(device), stop=cut)
+            a = body.activations(memory_format(xb.to(device), channels_last), stop=cut)
             if 0 < cut < len(body.blocks):
-                activations.append(a.cpu().numpy())
-            pooled.append(body.run_from(a, cut).cpu().numpy())
+                activations.append(a.to(stored).cpu().numpy())
+            pooled.append(body.run_from(a, cut).float().cpu().numpy())
     body.train(was_training)
-    pooled = np.concatenate(pooled).astype(np.float32, copy=False)
+    pooled = np.concatenate(pooled)
     return pooled, (np.concatenate(activations) if activations else None)
 
 
 def fingerprint(body, X):
     """Content hash of a backbone (architecture, weights, preprocessing) and data.
 
-    ``joblib.hash`` of a tensor depends on its memory address, so the weights
-    are hashed as numpy arrays.
+    Pretrained weights still as loaded are identified by their ``source`` (the
+    weights enum member, or the file's path, mtime and size); other weights
+    are hashed, as numpy arrays since ``joblib.hash`` of a tensor depends on
+    its memory address.
     """
-    state = {k: v.detach().cpu().numpy() for k, v in body.state_dict().items()}
+    state = body.source
+    if state is None:
+        state = {k: v.detach().cpu().numpy() for k, v in body.state_dict().items()}
     config = getattr(body.preprocess, "config", None)
     if isinstance(X, ImagePaths):  # files rewritten in place must not hit the cache
         X = [(path, os.stat(path).st_mtime_ns, os.stat(path).st_size) for path in X]
@@ -101,8 +137,5 @@ class BackboneMixin:
     def _load_backbone(self, X, check_n_blocks=None):
         """Build the backbone's :class:`Body` with its weights, output size known."""
         if isinstance(self.backbone, str):
-            body = build_named(self.backbone, self.weights, self.input_size, check_n_blocks)
-            size = body.preprocess.size
-            body.infer_output_dim(torch.zeros(1, 3, size, size))
-            return body
+            return build_named(self.backbone, self.weights, self.input_size, check_n_blocks)
         return build_from_module(self.backbone, self.weights, first_batch(X, None), check_n_blocks)

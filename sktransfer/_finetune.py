@@ -18,11 +18,21 @@ from sklearn.utils.validation import (
 )
 from skorch import NeuralNetClassifier
 from skorch.callbacks import Callback
+from skorch.dataset import unpack_data
+from skorch.utils import TeeGenerator, to_tensor
 from torch import nn
 from torchvision.models import WeightsEnum
 
 from ._backbones import list_backbones
-from ._base import BackboneMixin, embed, fingerprint, frozen_pass, torch_seed
+from ._base import (
+    PRECISIONS,
+    BackboneMixin,
+    autocast,
+    fingerprint,
+    frozen_pass,
+    memory_format,
+    torch_seed,
+)
 from ._freeze import block_param_groups, count_trainable
 from ._input import as_dataset
 from ._modules import TransferModule
@@ -31,20 +41,58 @@ _OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torc
 
 
 class _TransferNet(NeuralNetClassifier):
-    """skorch classifier whose optimizer only ever receives trainable parameters."""
+    """skorch classifier whose optimizer only ever receives trainable parameters.
+
+    ``precision`` and ``channels_last`` apply to every forward pass; with
+    ``"float16"`` a ``GradScaler`` scales the loss.
+    """
+
+    precision = "float32"
+    channels_last = False
+    grad_scaler_ = None
 
     def get_all_learnable_params(self):
         for name, param in self.module_.named_parameters():
             if param.requires_grad:
                 yield name, param
 
+    def infer(self, x, **fit_params):
+        x = memory_format(to_tensor(x, device=self.device), self.channels_last)
+        with autocast(self.device, self.precision):
+            return super().infer(x, **fit_params).float()
+
+    def train_step(self, batch, **fit_params):
+        if self.precision != "float16":
+            return super().train_step(batch, **fit_params)
+        if self.grad_scaler_ is None:
+            self.grad_scaler_ = torch.amp.GradScaler(torch.device(self.device).type)
+        scaler = self.grad_scaler_
+        self._zero_grad_optimizer()
+        self._set_training(True)
+        Xi, yi = unpack_data(batch)
+        y_pred = self.infer(Xi, **fit_params)
+        loss = self.get_loss(y_pred, yi, X=Xi, training=True)
+        scaler.scale(loss).backward()
+        self.notify(
+            "on_grad_computed",
+            named_parameters=TeeGenerator(self.get_all_learnable_params()),
+            batch=batch,
+            training=True,
+        )
+        for name in self._optimizers:
+            scaler.step(getattr(self, name + "_"))
+        scaler.update()
+        return {"loss": loss, "y_pred": y_pred}
+
     def __getstate__(self):
-        # Pickles hold the fitted weights, not the optimizer state.
+        # Pickles hold the fitted weights, not the optimizer (or scaler) state.
         optimizer, self.optimizer_ = getattr(self, "optimizer_", None), None
+        scaler, self.grad_scaler_ = self.grad_scaler_, None
         try:
             state = super().__getstate__()
         finally:
             self.optimizer_ = optimizer
+            self.grad_scaler_ = scaler
         # ``module`` is the instance that became ``module_``: pickle the weights once.
         if isinstance(state.get("module"), nn.Module):
             state["module"] = type(state["module"])
@@ -54,6 +102,26 @@ class _TransferNet(NeuralNetClassifier):
         super().__setstate__(state)
         if "module_" in self.__dict__:
             self.module = self.module_
+
+
+def fit_probe(features, y):
+    """Coefficients and intercepts of a logistic regression on ``features``.
+
+    Softmax over ``n_classes`` logits; for two classes the logits ``(0, z)``
+    give the sigmoid of ``z``.
+    """
+    probe = LogisticRegression(max_iter=1000).fit(features, y)
+    coef, intercept = probe.coef_.astype(np.float32), probe.intercept_.astype(np.float32)
+    if coef.shape[0] == 1:
+        coef = np.concatenate([np.zeros_like(coef), coef])
+        intercept = np.concatenate([np.zeros_like(intercept), intercept])
+    return coef, intercept
+
+
+def _set_head(head, coef, intercept):
+    with torch.no_grad():
+        head.weight.copy_(torch.as_tensor(coef))
+        head.bias.copy_(torch.as_tensor(intercept))
 
 
 class _Recipe(Callback):
@@ -91,12 +159,14 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
     """Fine-tune a pretrained backbone with a new head, the transfer recipe.
 
     One ``fit`` replaces the backbone's head with a linear layer for the
-    classes of ``y``, trains that head alone for ``warmup_epochs`` epochs with
-    the backbone frozen, then unfreezes the top ``unfreeze_depth`` blocks and
-    trains them at ``backbone_lr`` (times ``layer_decay ** k`` for the block
-    ``k`` places below the top) while the head keeps ``lr``, until
-    ``max_epochs``. BatchNorm layers stay in eval mode, statistics and affine
-    parameters frozen, unless ``train_bn=True``. With ``weights=None`` the same
+    classes of ``y``, starts it from a logistic regression on the frozen
+    backbone's features (``warmup="linear_probe"``) or at random, trains it
+    alone for ``warmup_epochs`` epochs with the backbone frozen, then
+    unfreezes the top ``unfreeze_depth`` blocks and trains them at
+    ``backbone_lr`` (times ``layer_decay ** k`` for the block ``k`` places
+    below the top) while the head keeps ``lr``, until ``max_epochs``.
+    BatchNorm layers stay in eval mode, statistics and affine parameters
+    frozen, unless ``train_bn=True``. With ``weights=None`` the same
     architecture is randomly initialised and trained from scratch: every
     parameter at ``lr``, no warm-up, BatchNorm training.
 
@@ -125,12 +195,14 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         Learning rate of the top unfrozen block.
     layer_decay : float, default=1.0
         Factor in ``(0, 1]`` applied once per block going down.
-    warmup : {"epochs", "linear_probe"}, default="epochs"
-        How the new head starts. ``"epochs"``: from a random initialisation.
-        ``"linear_probe"``: from a scikit-learn ``LogisticRegression`` fitted
-        on the frozen backbone's features of the training set (linear probe,
-        then fine-tune). Either way ``warmup_epochs`` epochs of head-only
-        training follow. Ignored with ``weights=None``.
+    warmup : {"linear_probe", "epochs"}, default="linear_probe"
+        How the new head starts. ``"linear_probe"``: from a scikit-learn
+        ``LogisticRegression`` fitted on the frozen backbone's features of the
+        training set (linear probe, then fine-tune). ``"epochs"``: from a
+        random initialisation. Either way ``warmup_epochs`` epochs of
+        head-only training follow. A head that starts at the probe is
+        already good: an ``lr`` well below ``backbone_lr`` keeps it there
+        while the top blocks adapt. Ignored with ``weights=None``.
     warmup_epochs : int, default=1
         Epochs with the backbone frozen and only the head training.
     max_epochs : int, default=10
@@ -151,6 +223,18 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         Seeds weight initialisation and batch shuffling.
     device : str, default="cpu"
         Torch device to train and predict on.
+    precision : {"float32", "bfloat16", "float16"}, default="float32"
+        ``"bfloat16"`` and ``"float16"`` run every forward pass under
+        ``torch.autocast`` with that dtype (mixed precision: the weights stay
+        float32, ``"float16"`` scales the loss with a ``GradScaler``). Faster
+        on GPUs with tensor cores; on a CPU only where it has bfloat16 or
+        float16 instructions. With ``"float16"`` the frozen-feature cache
+        keeps activations in float16, half the memory. Probabilities are
+        float32 either way.
+    channels_last : bool, default=False
+        Put 4-D weights and inputs in ``torch.channels_last`` memory format,
+        which convolutions on GPUs (above all with mixed precision) run
+        faster in.
     frozen_cache : bool, default=True
         Compute the output of frozen blocks once per ``fit`` and train the
         head (and the top blocks) on it, instead of running frozen blocks on
@@ -218,7 +302,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         "lr": [Interval(Real, 0, None, closed="neither")],
         "backbone_lr": [Interval(Real, 0, None, closed="neither")],
         "layer_decay": [Interval(Real, 0, 1, closed="right")],
-        "warmup": [StrOptions({"epochs", "linear_probe"})],
+        "warmup": [StrOptions({"linear_probe", "epochs"})],
         "warmup_epochs": [Interval(Integral, 0, None, closed="left")],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
@@ -228,6 +312,8 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         "weight_decay": [Interval(Real, 0, None, closed="left")],
         "random_state": ["random_state"],
         "device": [str, torch.device],
+        "precision": [StrOptions(set(PRECISIONS))],
+        "channels_last": ["boolean"],
         "frozen_cache": ["boolean"],
         "memory": [None, str, HasMethods(["cache"])],
         "verbose": ["verbose"],
@@ -242,7 +328,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         lr=1e-3,
         backbone_lr=1e-4,
         layer_decay=1.0,
-        warmup="epochs",
+        warmup="linear_probe",
         warmup_epochs=1,
         max_epochs=10,
         batch_size=32,
@@ -252,6 +338,8 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         weight_decay=0.0,
         random_state=None,
         device="cpu",
+        precision="float32",
+        channels_last=False,
         frozen_cache=True,
         memory=None,
         verbose=0,
@@ -272,6 +360,8 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         self.weight_decay = weight_decay
         self.random_state = random_state
         self.device = device
+        self.precision = precision
+        self.channels_last = channels_last
         self.frozen_cache = frozen_cache
         self.memory = memory
         self.verbose = verbose
@@ -324,7 +414,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         kwargs = {"optimizer__weight_decay": self.weight_decay}
         if optimizer is torch.optim.SGD:
             kwargs["optimizer__momentum"] = 0.9
-        return _TransferNet(
+        net = _TransferNet(
             module=module,
             criterion=nn.CrossEntropyLoss,
             optimizer=optimizer,
@@ -342,6 +432,8 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
             torch_load_kwargs={"weights_only": False},
             **kwargs,
         )
+        net.precision, net.channels_last = self.precision, self.channels_last
+        return net
 
     def _fit(self, X, y, classes):
         scratch = self.weights is None
@@ -360,6 +452,8 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
                     self.train_bn,
                     "finetune",
                 )
+            if self.channels_last:
+                body.to(memory_format=torch.channels_last)
             module = TransferModule(body, n_classes=len(classes))
             net = self._make_net(module, recipe, len(y))
             cache_off = self._why_no_frozen_cache()
@@ -368,11 +462,13 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
             cut = n_blocks - depth
             frozen = None if cache_off else self._frozen_inputs(body, X, cut)
             if not scratch and self.warmup == "linear_probe":
-                if frozen is None:
-                    features = embed(body.to(self.device), X, self.batch_size, self.device)
-                else:
-                    features = frozen[0]
-                self._init_head_from_probe(module, features, y)
+                if frozen is None:  # the features the cache would hold, computed alike
+                    body.to(self.device)
+                    features = frozen_pass(body, X, n_blocks, *self._pass_options())[0]
+                    coef, intercept = fit_probe(features, y)
+                else:  # candidates of a search on the same fold share the probe
+                    coef, intercept = self._cached(fit_probe)(frozen[0], y)
+                _set_head(module.head, coef, intercept)
             if frozen is None:
                 net.fit(as_dataset(X, body.preprocess, y), y)
             else:
@@ -394,6 +490,15 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         self.n_trainable_params_ = {row["phase"]: row["n_trainable_params"] for row in net.history}
         return self
 
+    def _cached(self, func, ignore=None):
+        """``func``, kept by ``memory`` when there is one."""
+        if self.memory is None:
+            return func
+        return check_memory(self.memory).cache(func, ignore=ignore)
+
+    def _pass_options(self):
+        return self.batch_size, self.device, self.precision, self.channels_last
+
     def _why_no_frozen_cache(self):
         """Why the frozen-feature cache cannot be used, or None where it can."""
         if not self.frozen_cache:
@@ -414,11 +519,11 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         and the data, so candidates of a search on the same fold share them.
         """
         body.eval().to(self.device)
-        args = (body, X, cut, self.batch_size, self.device)
+        args = (body, X, cut, *self._pass_options())
         if self.memory is None:
             pooled, activations = frozen_pass(*args)
         else:
-            cached = check_memory(self.memory).cache(frozen_pass, ignore=["body", "X", "device"])
+            cached = self._cached(frozen_pass, ignore=["body", "X", "device"])
             pooled, activations = cached(*args, key=fingerprint(body, X))
         if self.verbose:
             size = (activations if activations is not None else pooled).nbytes / 2**20
@@ -448,19 +553,6 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
                 net.partial_fit(inputs, y, epochs=self.max_epochs - warmup)
         finally:
             module.input_stage = "raw"
-
-    def _init_head_from_probe(self, module, features, y):
-        """Set the head to a logistic regression fitted on frozen features."""
-        probe = LogisticRegression(max_iter=1000).fit(features, y)
-        coef = torch.as_tensor(probe.coef_, dtype=torch.float32)
-        intercept = torch.as_tensor(probe.intercept_, dtype=torch.float32)
-        if coef.shape[0] == 1:
-            # Binary: softmax over logits (0, z) is the sigmoid of z.
-            coef = torch.cat([torch.zeros_like(coef), coef])
-            intercept = torch.cat([torch.zeros_like(intercept), intercept])
-        with torch.no_grad():
-            module.head.weight.copy_(coef)
-            module.head.bias.copy_(intercept)
 
     def predict_proba(self, X):
         """Class probabilities, computed in eval mode in batches.

@@ -56,6 +56,9 @@ class Body(nn.Module):
         self.preprocess = preprocess if preprocess is not None else nn.Identity()
         self.blocks = nn.ModuleList(blocks)
         self.output_dim = None
+        # Identifies the pretrained weights while they are as loaded; None
+        # once any block may have trained, and for other weights.
+        self.source = None
 
     def forward(self, x):
         return self.run_from(self.preprocess(x), 0)
@@ -107,19 +110,24 @@ class TransferModule(nn.Module):
         self.set_trainable_depth(0, train_bn=False)
 
     def set_trainable_depth(self, depth, train_bn):
+        if depth:
+            self.body.source = None
         self.trainable_depth = depth
         self.train_bn = train_bn
         set_trainable(self.body.blocks, depth, train_bn)
+        kept = set(self.body.preprocess.modules())
+        for module in modules_kept_in_eval(self.body.blocks, depth, train_bn):
+            kept.update(module.modules())
+        # Which submodules follow train(True): set once here, since skorch
+        # calls train() on every batch.
+        self._follows_train = [(m, m not in kept) for m in self.modules()]
         self.train(self.training)
 
     def train(self, mode=True):
-        super().train(mode)
-        if mode:
-            self.body.preprocess.eval()
-            for module in modules_kept_in_eval(
-                self.body.blocks, self.trainable_depth, self.train_bn
-            ):
-                module.eval()
+        if not isinstance(mode, bool):
+            raise ValueError("training mode is expected to be boolean")
+        for module, follows in self._follows_train:
+            module.training = mode and follows
         return self
 
     def forward(self, x):
@@ -127,6 +135,6 @@ class TransferModule(nn.Module):
             features = self.body(x)
         elif self.input_stage == "pooled":
             features = x
-        else:
-            features = self.body.run_from(x, self.input_stage)
+        else:  # float16 activations from the cache compute in float32 (or autocast)
+            features = self.body.run_from(x.float(), self.input_stage)
         return self.head(features)

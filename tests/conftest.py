@@ -3,6 +3,8 @@ import pytest
 import torch
 from torch import nn
 
+from sktransfer import _backbones
+
 # The test networks are tiny: one thread is faster than two, and keeps the
 # suite fast when another process shares the two cores.
 torch.set_num_threads(1)
@@ -27,6 +29,12 @@ def make_cnn():
         return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU())
 
     return nn.Sequential(block(3, 4), block(4, 8), block(8, 8))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_backbones():
+    """Each test loads its own weights: no body kept from another test's fit."""
+    _backbones._PRISTINE.clear()
 
 
 @pytest.fixture

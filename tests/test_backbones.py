@@ -1,11 +1,13 @@
 """Named torchvision backbones: blocks, weights from enums and checkpoints, preprocessing."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
 from torchvision.models import ResNet18_Weights, get_model
 
-from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor, list_backbones
+from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor, _backbones, list_backbones
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -87,9 +89,30 @@ def test_weights_enum_goes_through_torchvision_download(monkeypatch, images, tmp
         "ResNet18_Weights.IMAGENET1K_V1",
         ResNet18_Weights.DEFAULT,
     ):
+        _backbones._PRISTINE.clear()
         ext = PretrainedFeatureExtractor(backbone="resnet18", weights=weights, input_size=32).fit(X)
         assert torch.equal(ext.backbone_.blocks[0][0].weight, model.conv1.weight)
     assert urls == [ResNet18_Weights.IMAGENET1K_V1.url] * 4
+
+    # The next fit with the same weights copies the body loaded last time.
+    again = PretrainedFeatureExtractor(backbone="resnet18", input_size=32).fit(X)
+    assert len(urls) == 4
+    assert torch.equal(again.backbone_.blocks[0][0].weight, model.conv1.weight)
+    assert again.backbone_.blocks[0][0].weight is not ext.backbone_.blocks[0][0].weight
+
+
+def test_rewritten_checkpoint_is_read_again(images, tmp_path):
+    X, _ = images
+    model, path = _checkpoint(tmp_path)
+    first = PretrainedFeatureExtractor(backbone="resnet18", weights=path, input_size=32).fit(X)
+    with torch.no_grad():
+        model.conv1.weight.mul_(2)
+    torch.save(model.state_dict(), path)
+    os.utime(path, ns=(1, 1))  # another mtime, whatever the clock's resolution
+    second = PretrainedFeatureExtractor(backbone="resnet18", weights=path, input_size=32).fit(X)
+    conv1 = second.backbone_.blocks[0][0].weight
+    assert torch.equal(conv1, model.conv1.weight)
+    assert torch.equal(conv1, 2 * first.backbone_.blocks[0][0].weight)
 
 
 def test_preprocessing_follows_the_weights_metadata():

@@ -21,7 +21,7 @@ def _cnn_data(images):
         {"unfreeze_depth": 0},
         {"unfreeze_depth": "all", "warmup_epochs": 0},
         {"unfreeze_depth": 2, "train_bn": True, "layer_decay": 0.5},
-        {"unfreeze_depth": 2, "warmup": "linear_probe"},
+        {"unfreeze_depth": 2, "warmup": "epochs"},
     ],
 )
 def test_cache_on_and_off_give_the_same_model(images, params):
@@ -59,8 +59,10 @@ def test_frozen_blocks_run_once_per_fit(images, monkeypatch):
 
     monkeypatch.setattr("sktransfer._base.build_from_module", counting_build)
     # 12 samples in batches of 4: 3 batches an epoch; 2 warm-up epochs, 3 more.
-    # With the cache, one pass over the data, then only the top block runs.
-    for frozen_cache, bottom, top in [(True, 3, 3 + 3 * 3), (False, 5 * 3, 5 * 3)]:
+    # With the cache, one pass over the data (it also gives the linear probe
+    # its features), then only the top block runs. Without it, the probe's
+    # pass, then every block on every batch.
+    for frozen_cache, bottom, top in [(True, 3, 3 + 3 * 3), (False, 3 + 5 * 3, 3 + 5 * 3)]:
         counts.clear()
         FineTunedClassifier(
             backbone=make_cnn(),
@@ -123,6 +125,8 @@ def test_memory_shares_frozen_outputs_across_candidates_and_folds(images, tmp_pa
     np.testing.assert_allclose(
         plain.cv_results_["mean_test_score"], cached.cv_results_["mean_test_score"], atol=1e-6
     )
-    # One frozen pass per (fold, cut) and one for the refit: 2 * 3 + 1, not 2 * 6 + 1.
-    entries = [p for p in tmp_path.rglob("output.pkl")]
-    assert len(entries) == 7
+    # One frozen pass per (fold, cut) and one for the refit: 2 * 3 + 1, not 2 * 6 + 1;
+    # one linear probe per fold and one for the refit.
+    passes = list(tmp_path.rglob("frozen_pass/*/output.pkl"))
+    probes = list(tmp_path.rglob("fit_probe/*/output.pkl"))
+    assert (len(passes), len(probes)) == (7, 3)

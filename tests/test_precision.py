@@ -1,0 +1,105 @@
+"""Mixed precision and channels-last memory format, for GPU users (run here on CPU)."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from sklearn.utils._param_validation import InvalidParameterError
+from torch import nn
+
+from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor
+from sktransfer._base import frozen_pass
+
+from .conftest import make_cnn
+
+
+def _cnn_data(images):
+    X, y = images
+    return (X.transpose(0, 3, 1, 2) / 255).astype(np.float32), y
+
+
+def _record_conv_dtypes(module):
+    """Record the dtype of every Conv2d output of ``module`` (and of its copies)."""
+    dtypes = []
+    for sub in module.modules():
+        if isinstance(sub, nn.Conv2d):
+            sub.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+    return dtypes
+
+
+def _remove_hooks(module):
+    for sub in module.modules():
+        sub._forward_hooks.clear()
+
+
+COMMON = {"max_epochs": 3, "batch_size": 4, "unfreeze_depth": 2, "lr": 1e-2, "random_state": 0}
+
+
+def test_channels_last_gives_the_same_model(images):
+    X, y = _cnn_data(images)
+    plain = FineTunedClassifier(backbone=make_cnn(), **COMMON).fit(X, y)
+    fast = FineTunedClassifier(backbone=make_cnn(), channels_last=True, **COMMON).fit(X, y)
+    convs = [m for m in fast.net_.module_.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    np.testing.assert_allclose(fast.predict_proba(X), plain.predict_proba(X), atol=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+@pytest.mark.parametrize("frozen_cache", [True, False])
+def test_mixed_precision_trains_in_that_dtype(images, precision, frozen_cache):
+    X, y = _cnn_data(images)
+    reference = FineTunedClassifier(backbone=make_cnn(), **COMMON).fit(X, y)
+    backbone = make_cnn()
+    dtypes = _record_conv_dtypes(backbone)  # the hooks travel into fit's copy
+    clf = FineTunedClassifier(
+        backbone=backbone, precision=precision, frozen_cache=frozen_cache, **COMMON
+    ).fit(X, y)
+    n_training = len(dtypes)
+    proba = clf.predict_proba(X)
+    _remove_hooks(clf.net_.module_)
+    _remove_hooks(backbone)
+    # One float32 pass sizes the backbone's output when fit builds it; every
+    # conv after that, in training and in prediction, runs in ``precision``.
+    n_convs = sum(isinstance(m, nn.Conv2d) for m in backbone.modules())
+    assert dtypes[:n_convs] == [torch.float32] * n_convs
+    assert n_training > n_convs and len(dtypes) > n_training
+    assert set(dtypes[n_convs:]) == {getattr(torch, precision)}
+    assert proba.dtype == np.float32
+    np.testing.assert_allclose(proba.sum(axis=1), 1, rtol=1e-5)
+    # Same recipe, same data: a lower-precision run lands near the float32 one.
+    assert np.abs(proba - reference.predict_proba(X)).max() < 0.1
+    assert clf.score(X, y) == reference.score(X, y)
+    # float16 scales the loss; its GradScaler state does not travel with the model.
+    assert isinstance(clf.net_.grad_scaler_, torch.amp.GradScaler) == (precision == "float16")
+    assert pickle.loads(pickle.dumps(clf)).net_.grad_scaler_ is None
+
+
+def test_float16_cache_holds_half_the_bytes(images):
+    X, y = _cnn_data(images)
+    body = FineTunedClassifier(backbone=make_cnn())._load_backbone(X)
+    pooled32, acts32 = frozen_pass(body, X, 2, 4, "cpu")
+    pooled16, acts16 = frozen_pass(body, X, 2, 4, "cpu", precision="float16")
+    assert acts32.dtype == np.float32 and acts16.dtype == np.float16
+    assert acts16.nbytes * 2 == acts32.nbytes
+    assert pooled16.dtype == np.float32
+    np.testing.assert_allclose(acts16, acts32, atol=1e-2)
+
+
+def test_extractor_precision_and_channels_last(images):
+    X, _ = _cnn_data(images)
+    plain = PretrainedFeatureExtractor(backbone=make_cnn()).fit_transform(X)
+    fast = PretrainedFeatureExtractor(backbone=make_cnn(), channels_last=True).fit_transform(X)
+    np.testing.assert_allclose(fast, plain, atol=1e-5)
+    half = PretrainedFeatureExtractor(backbone=make_cnn(), precision="bfloat16")
+    features = half.fit_transform(X)
+    assert features.dtype == np.float32
+    np.testing.assert_allclose(features, plain, atol=0.05)
+    assert not np.array_equal(features, plain)
+
+
+@pytest.mark.parametrize("Estimator", [FineTunedClassifier, PretrainedFeatureExtractor])
+def test_unknown_precision_is_refused(images, Estimator):
+    X, y = _cnn_data(images)
+    with pytest.raises(InvalidParameterError, match="'precision' parameter .* Got 'half'"):
+        Estimator(backbone=make_cnn(), precision="half").fit(X, y)
