@@ -140,6 +140,10 @@ class _Recipe(Callback):
         self.train_bn = train_bn
         self.phase = phase
 
+    def initialize(self):
+        self.n_trainable_ = None
+        return self
+
     def on_epoch_begin(self, net, **kwargs):
         epoch = len(net.history)
         module = net.module_
@@ -150,9 +154,12 @@ class _Recipe(Callback):
             )
             for group in groups:
                 net.optimizer_.add_param_group(group)
+            self.n_trainable_ = None
+        if self.n_trainable_ is None:  # counted again only when it can change
+            self.n_trainable_ = count_trainable(module)
         phase = "warmup" if epoch <= self.warmup_epochs else self.phase
         net.history.record("phase", phase)
-        net.history.record("n_trainable_params", count_trainable(module))
+        net.history.record("n_trainable_params", self.n_trainable_)
 
 
 class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):

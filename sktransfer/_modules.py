@@ -127,7 +127,7 @@ class TransferModule(nn.Module):
         if not isinstance(mode, bool):
             raise ValueError("training mode is expected to be boolean")
         for module, follows in self._follows_train:
-            module.training = mode and follows
+            module.__dict__["training"] = mode and follows  # what Module.train sets
         return self
 
     def forward(self, x):
