@@ -13,8 +13,9 @@ Timed side by side in one run, alternating, median of ``--repeats``:
    dominates.
 3. ``PretrainedFeatureExtractor.transform`` against a raw ``torch`` forward of
    the same backbone on the same array at the same batch size, and the peak
-   memory (traced by ``tracemalloc``) it needs beyond its output array, for
-   1x and 4x the images, given as file paths.
+   memory it needs beyond its output array for 1x, 4x and 16x the images,
+   given as file paths: Python's (traced by ``tracemalloc``) and the whole
+   process's (growth of the peak resident size, in a fresh process).
 
     python benchmarks/overhead.py [--repeats 5] [--n-images 256]
 
@@ -22,11 +23,14 @@ Prints a table and writes ``overhead.csv``.
 """
 
 import argparse
+import multiprocessing
 import os
+import resource
 import statistics
 import tempfile
 import time
 import tracemalloc
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import torch
@@ -38,7 +42,8 @@ from sktransfer._backbones import build_from_module, build_named
 from sktransfer._freeze import modules_kept_in_eval, set_trainable
 from sktransfer.datasets import fetch_fashion_mnist, make_transfer_classification
 
-RECIPE = {"lr": 1e-3, "backbone_lr": 1e-4, "warmup_epochs": 1, "batch_size": 32}
+# The plain loop warms a random head up: compare with the same warm-up.
+RECIPE = {"lr": 1e-3, "backbone_lr": 1e-4, "warmup": "epochs", "warmup_epochs": 1, "batch_size": 32}
 
 
 def plain_finetune(body, X, y, *, depth, epochs, seed=0):
@@ -129,7 +134,7 @@ def extractor_case(X, repeats, input_size=64, batch_size=64):
         for i, image in enumerate(X):
             paths.append(os.path.join(folder, f"{i}.png"))
             Image.fromarray(image).save(paths[-1])
-        for factor in (1, 4):
+        for factor in (1, 4, 16):
             tracemalloc.start()
             features = ext.transform(paths * factor)
             peak = tracemalloc.get_traced_memory()[1] - features.nbytes
@@ -137,12 +142,39 @@ def extractor_case(X, repeats, input_size=64, batch_size=64):
             rows.append(
                 {
                     "workload": f"extractor on {len(paths) * factor} paths",
-                    "variant": "peak MiB beyond output",
+                    "variant": "Python peak MiB beyond output",
                     "median_s": round(peak / 2**20, 2),
                     "ratio_to_plain": "",
                 }
             )
+            # The whole process, torch's allocations included: a fresh process
+            # per count, its peak resident size after transform minus before.
+            spawn = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+                growth = pool.submit(_rss_growth, paths * factor, input_size, batch_size).result()
+            rows.append(
+                {
+                    "workload": f"extractor on {len(paths) * factor} paths",
+                    "variant": "process peak RSS growth MiB beyond output",
+                    "median_s": round(growth / 2**20, 1),
+                    "ratio_to_plain": "",
+                }
+            )
     return rows
+
+
+def _rss_growth(paths, input_size, batch_size):
+    """Growth of this process's peak resident size during ``transform``, in bytes,
+    less the output array."""
+    torch.set_num_threads(1)
+    ext = PretrainedFeatureExtractor(
+        backbone="efficientnet_lite0", input_size=input_size, batch_size=batch_size
+    ).fit(paths[:1])
+    ext.transform(paths[:batch_size])  # first batches allocate torch's working memory
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    features = ext.transform(paths)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return (after - before) * 1024 - features.nbytes
 
 
 def main(argv=None):
@@ -159,9 +191,7 @@ def main(argv=None):
     X_plain = np.ascontiguousarray(X.transpose(0, 3, 1, 2))
 
     def lite_body():
-        body = build_named("efficientnet_lite0", "DEFAULT", 64)
-        body.infer_output_dim(torch.zeros(1, 3, 64, 64))
-        return body
+        return build_named("efficientnet_lite0", "DEFAULT", 64)
 
     rows = finetune_case(
         "CNN lite0 64px",

@@ -74,7 +74,7 @@ LITE0_TRAINING = {"lr": 1e-3, "batch_size": 32, "max_epochs": 10}  # shared with
 LITE0_FINETUNING = {**LITE0_TRAINING, "lr": 1e-5, "warmup": "linear_probe", "warmup_epochs": 0}
 LITE0_GRID = [
     {"finetune__unfreeze_depth": [0]},
-    {"finetune__unfreeze_depth": [5], "finetune__backbone_lr": [1e-4, 3e-4]},
+    {"finetune__unfreeze_depth": [5], "finetune__backbone_lr": [3e-5, 1e-4, 3e-4]},
 ]
 
 

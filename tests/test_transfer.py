@@ -29,7 +29,7 @@ def test_pretrained_on_source_classes_beats_scratch_on_new_classes():
         X, y = make_transfer_classification(range(20, 25), 5, random_state=100 + seed)
         common = {"backbone": pretrained, "lr": 3e-3, "max_epochs": 100, "random_state": seed}
         tr = FineTunedClassifier(
-            unfreeze_depth="all", backbone_lr=3e-4, warmup_epochs=40, **common
+            unfreeze_depth="all", backbone_lr=3e-4, warmup="epochs", warmup_epochs=40, **common
         ).fit(X, y)
         sc = FineTunedClassifier(weights=None, **common).fit(X, y)
         transfer.append(tr.score(X_test, y_test))
