@@ -73,14 +73,17 @@ class _TransferNet(NeuralNetClassifier):
         y_pred = self.infer(Xi, **fit_params)
         loss = self.get_loss(y_pred, yi, X=Xi, training=True)
         scaler.scale(loss).backward()
+        optimizers = [getattr(self, name + "_") for name in self._optimizers]
+        for optimizer in optimizers:  # callbacks see the true gradients
+            scaler.unscale_(optimizer)
         self.notify(
             "on_grad_computed",
             named_parameters=TeeGenerator(self.get_all_learnable_params()),
             batch=batch,
             training=True,
         )
-        for name in self._optimizers:
-            scaler.step(getattr(self, name + "_"))
+        for optimizer in optimizers:
+            scaler.step(optimizer)
         scaler.update()
         return {"loss": loss, "y_pred": y_pred}
 
