@@ -10,12 +10,14 @@ import copy
 import os
 from collections import OrderedDict
 from collections.abc import Mapping
+from functools import partial
 from urllib.error import URLError
 
 import torch
 from torch import nn
 
 from . import _lite
+from ._input import file_stamp
 from ._modules import Body, ImagePreprocess
 
 
@@ -157,9 +159,9 @@ def _torchvision_parts(name, member, path):
     from torchvision.models import get_model
 
     if member is not None:
-        load_state = lambda: _download_state_dict(name, member)  # noqa: E731
+        load_state = partial(_download_state_dict, name, member)
     elif path is not None:
-        load_state = lambda: read_checkpoint(path)  # noqa: E731
+        load_state = partial(read_checkpoint, path)
     else:
         load_state = None
     # The metadata of the weights in use, or of the default weights of the
@@ -201,8 +203,7 @@ def _weights_source(member, path):
     if member is not None:
         return str(member)
     if path is not None:
-        stat = os.stat(path)
-        return (path, stat.st_mtime_ns, stat.st_size)
+        return file_stamp(path)
     return None
 
 

@@ -1,6 +1,5 @@
 """What both estimators share: input checks, backbone loading and seeding."""
 
-import os
 from contextlib import contextmanager
 
 import joblib
@@ -13,6 +12,7 @@ from ._input import (
     ImagePaths,
     check_images,
     check_module_input,
+    file_stamp,
     first_batch,
     forget_feature_count,
     iter_batches,
@@ -106,7 +106,7 @@ def fingerprint(body, X):
         state = {k: v.detach().cpu().numpy() for k, v in body.state_dict().items()}
     config = getattr(body.preprocess, "config", None)
     if isinstance(X, ImagePaths):  # files rewritten in place must not hit the cache
-        X = [(path, os.stat(path).st_mtime_ns, os.stat(path).st_size) for path in X]
+        X = [file_stamp(path) for path in X]
     return joblib.hash((repr(body), config, state, X))
 
 
@@ -135,7 +135,17 @@ class BackboneMixin:
             ) from exc
 
     def _load_backbone(self, X, check_n_blocks=None):
-        """Build the backbone's :class:`Body` with its weights, output size known."""
+        """Build the backbone's :class:`Body` with its weights, output size known,
+        in the memory format asked for."""
         if isinstance(self.backbone, str):
-            return build_named(self.backbone, self.weights, self.input_size, check_n_blocks)
-        return build_from_module(self.backbone, self.weights, first_batch(X, None), check_n_blocks)
+            body = build_named(self.backbone, self.weights, self.input_size, check_n_blocks)
+        else:
+            sample = first_batch(X, None)
+            body = build_from_module(self.backbone, self.weights, sample, check_n_blocks)
+        if self.channels_last:
+            body.to(memory_format=torch.channels_last)
+        return body
+
+    def _pass_options(self):
+        """The arguments of :func:`frozen_pass` and :func:`embed` after ``device``."""
+        return self.batch_size, self.device, self.precision, self.channels_last

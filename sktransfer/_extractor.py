@@ -130,8 +130,6 @@ class PretrainedFeatureExtractor(
         with torch_seed(self.random_state):
             body = self._load_backbone(X)
         body.requires_grad_(False)
-        if self.channels_last:
-            body.to(memory_format=torch.channels_last)
         self.backbone_ = body.eval().to(self.device)
         return self
 
@@ -154,8 +152,7 @@ class PretrainedFeatureExtractor(
         """
         check_is_fitted(self)
         X = self._check_input(X, reset=False)
-        options = (self.batch_size, self.device, self.precision, self.channels_last)
-        return embed(self.backbone_, X, *options)
+        return embed(self.backbone_, X, *self._pass_options())
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

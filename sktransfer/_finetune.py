@@ -143,9 +143,8 @@ class _Recipe(Callback):
         self.train_bn = train_bn
         self.phase = phase
 
-    def initialize(self):
-        self.n_trainable_ = None
-        return self
+    def on_train_begin(self, net, **kwargs):
+        self.n_trainable_ = count_trainable(net.module_)
 
     def on_epoch_begin(self, net, **kwargs):
         epoch = len(net.history)
@@ -157,9 +156,7 @@ class _Recipe(Callback):
             )
             for group in groups:
                 net.optimizer_.add_param_group(group)
-            self.n_trainable_ = None
-        if self.n_trainable_ is None:  # counted again only when it can change
-            self.n_trainable_ = count_trainable(module)
+            self.n_trainable_ = count_trainable(module)  # the only change during training
         phase = "warmup" if epoch <= self.warmup_epochs else self.phase
         net.history.record("phase", phase)
         net.history.record("n_trainable_params", self.n_trainable_)
@@ -462,8 +459,6 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
                     self.train_bn,
                     "finetune",
                 )
-            if self.channels_last:
-                body.to(memory_format=torch.channels_last)
             module = TransferModule(body, n_classes=len(classes))
             net = self._make_net(module, recipe, len(y))
             cache_off = self._why_no_frozen_cache()
@@ -505,9 +500,6 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         if self.memory is None:
             return func
         return check_memory(self.memory).cache(func, ignore=ignore)
-
-    def _pass_options(self):
-        return self.batch_size, self.device, self.precision, self.channels_last
 
     def _why_no_frozen_cache(self):
         """Why the frozen-feature cache cannot be used, or None where it can."""

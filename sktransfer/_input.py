@@ -98,6 +98,12 @@ def check_module_input(estimator, X, reset):
     return _positive_strides(X)
 
 
+def file_stamp(path):
+    """``(path, mtime_ns, size)``: a file as it is now, for cache keys."""
+    stat = os.stat(path)
+    return (path, stat.st_mtime_ns, stat.st_size)
+
+
 def forget_feature_count(estimator):
     """Drop ``n_features_in_`` from an earlier fit: n-D input has no feature count."""
     for name in ("n_features_in_", "feature_names_in_"):

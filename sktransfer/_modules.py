@@ -112,8 +112,6 @@ class TransferModule(nn.Module):
     def set_trainable_depth(self, depth, train_bn):
         if depth:
             self.body.source = None
-        self.trainable_depth = depth
-        self.train_bn = train_bn
         set_trainable(self.body.blocks, depth, train_bn)
         kept = set(self.body.preprocess.modules())
         for module in modules_kept_in_eval(self.body.blocks, depth, train_bn):
