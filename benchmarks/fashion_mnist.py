@@ -5,7 +5,7 @@ For each number of training images per class and each seed, on the first
 
 - fine-tuned, epoch warm-up: ``FineTunedClassifier`` with ``unfreeze_depth``
   in {0, 3, 5} and ``backbone_lr`` in {1e-4, 3e-4} chosen by ``GridSearchCV``
-  (cv=3), ``warmup="epochs"``: 5 epochs of head training at ``lr=1e-3``, then
+  (``--cv`` folds, 3 by default), ``warmup="epochs"``: 5 epochs of head training at ``lr=1e-3``, then
   the top blocks;
 - fine-tuned, linear probe: the same search with ``warmup="linear_probe"``,
   no head-only epochs, the head at ``lr=1e-5`` (it starts at the probe);
@@ -17,6 +17,7 @@ Images are resized to ``--input-size`` px. ``--methods`` picks a subset;
 ``joblib.Memory`` per seed and size. Wall times include the searches.
 
     python benchmarks/fashion_mnist.py [--sizes 10 100] [--seeds 0 1 2] [--methods ...]
+                                       [--epochs 15] [--cv 3]
 
 Needs Fashion-MNIST (``apt-get install dataset-fashion-mnist``). Prints a
 table and writes ``fashion_mnist.csv``.
@@ -50,14 +51,14 @@ def sample(y, n_per_class, seed):
     )
 
 
-def models(seed, input_size, epochs, memory):
+def models(seed, input_size, epochs, memory, cv):
     common = {"backbone": "efficientnet_lite0", "input_size": input_size, "random_state": seed}
     tuned = {**common, "max_epochs": epochs, "memory": memory}
     epoch_warmup = {"warmup": "epochs", "warmup_epochs": 5, "lr": 1e-3}
     linear_probe = {"warmup": "linear_probe", "warmup_epochs": 0, "lr": 1e-5}
     return {
-        METHODS[0]: GridSearchCV(FineTunedClassifier(**epoch_warmup, **tuned), GRID, cv=3),
-        METHODS[1]: GridSearchCV(FineTunedClassifier(**linear_probe, **tuned), GRID, cv=3),
+        METHODS[0]: GridSearchCV(FineTunedClassifier(**epoch_warmup, **tuned), GRID, cv=cv),
+        METHODS[1]: GridSearchCV(FineTunedClassifier(**linear_probe, **tuned), GRID, cv=cv),
         METHODS[2]: make_pipeline(
             PretrainedFeatureExtractor(backbone="efficientnet_lite0", input_size=input_size),
             LogisticRegression(max_iter=2000),
@@ -73,6 +74,7 @@ def main(argv=None):
     parser.add_argument("--input-size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--n-test", type=int, default=1000)
+    parser.add_argument("--cv", type=int, default=3)
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--csv", default="fashion_mnist.csv")
@@ -81,7 +83,7 @@ def main(argv=None):
     X_train, y_train, X_test, y_test = fetch_fashion_mnist()
     X_test, y_test = X_test[: args.n_test], y_test[: args.n_test]
     print(
-        f"seeds {args.seeds}, {args.input_size} px, {args.epochs} epochs, "
+        f"seeds {args.seeds}, {args.input_size} px, {args.epochs} epochs, cv={args.cv}, "
         f"{len(y_test)} test images, {args.threads} torch threads",
         flush=True,
     )
@@ -90,7 +92,9 @@ def main(argv=None):
         for seed in args.seeds:
             idx = sample(y_train, n, seed)
             with tempfile.TemporaryDirectory() as memory:
-                for name, model in models(seed, args.input_size, args.epochs, memory).items():
+                for name, model in models(
+                    seed, args.input_size, args.epochs, memory, args.cv
+                ).items():
                     if name not in args.methods:
                         continue
                     start = time.perf_counter()

@@ -1,5 +1,7 @@
 """What both estimators share: input checks, backbone loading and seeding."""
 
+import threading
+from collections import OrderedDict
 from contextlib import contextmanager
 
 import joblib
@@ -67,6 +69,8 @@ def frozen_pass(
     channels_last=False,
     key=None,
     contiguous=True,
+    start=None,
+    pooled=True,
 ):
     """Run the frozen part of ``body`` once over ``X``, in eval mode, no gradients.
 
@@ -77,24 +81,52 @@ def frozen_pass(
     ``precision="float16"``, float32 otherwise. ``key`` identifies the inputs
     for ``joblib.Memory``; unused here. ``contiguous`` batches compute exactly
     as the training loop's collated batches do.
+
+    ``start``, ``(k, pooled, activations)`` from an earlier pass over the same
+    ``X`` with ``0 < k <= cut``, continues that pass: only blocks ``k`` to
+    ``cut`` run. With ``pooled=False`` the blocks from ``cut`` up may have
+    trained: the pooled features are not computed (None), except at
+    ``cut == len(body.blocks)`` where they are what the frozen blocks give.
     """
+    n_blocks = len(body.blocks)
     stored = torch.float16 if precision == "float16" else torch.float32
+    if start is None:
+        begin, known = 0, None
+        batches = (
+            body.preprocess(memory_format(xb.to(device), channels_last))
+            for xb in iter_batches(X, body.preprocess, batch_size, contiguous=contiguous)
+        )
+    else:
+        begin, known, earlier = start
+        batches = (
+            memory_format(torch.as_tensor(earlier[i : i + batch_size]).to(device), channels_last)
+            for i in range(0, len(earlier), batch_size)
+        )
+        if begin == cut:
+            return known, earlier
+    if begin > 0:  # stored float16 activations compute in float32 (or autocast)
+        batches = (a.float() for a in batches)
+    want_pooled = known is None and (pooled or cut == n_blocks)
+    if not want_pooled and not 0 < cut < n_blocks:
+        return known, None
     was_training = body.training
     body.eval()
-    activations, pooled = [], []
+    activations, features = [], []
     with torch.no_grad(), autocast(device, precision):
-        for xb in iter_batches(X, body.preprocess, batch_size, contiguous=contiguous):
-            a = body.activations(memory_format(xb.to(device), channels_last), stop=cut)
-            if 0 < cut < len(body.blocks):
+        for a in batches:
+            for block in body.blocks[begin:cut]:
+                a = block(a)
+            if 0 < cut < n_blocks:
                 activations.append(a.to(stored).cpu().numpy())
-            pooled.append(body.run_from(a, cut).float().cpu().numpy())
+            if want_pooled:
+                features.append(body.run_from(a, cut).float().cpu().numpy())
     body.train(was_training)
-    pooled = np.concatenate(pooled)
-    return pooled, (np.concatenate(activations) if activations else None)
+    features = np.concatenate(features) if want_pooled else known
+    return features, (np.concatenate(activations) if activations else None)
 
 
-def fingerprint(body, X):
-    """Content hash of a backbone (architecture, weights, preprocessing) and data.
+def weights_key(body):
+    """Content hash of a backbone: architecture, weights and preprocessing.
 
     Pretrained weights still as loaded are identified by their ``source`` (the
     weights enum member, or the file's path, mtime and size); other weights
@@ -105,9 +137,52 @@ def fingerprint(body, X):
     if state is None:
         state = {k: v.detach().cpu().numpy() for k, v in body.state_dict().items()}
     config = getattr(body.preprocess, "config", None)
+    return joblib.hash((repr(body), config, state))
+
+
+def data_key(X):
+    """What identifies input data in a cache key: the array, or the files as they are."""
     if isinstance(X, ImagePaths):  # files rewritten in place must not hit the cache
-        X = [file_stamp(path) for path in X]
-    return joblib.hash((repr(body), config, state, X))
+        return [file_stamp(path) for path in X]
+    return X
+
+
+# The frozen outputs of the inputs predicted last by models with ``memory``:
+# in a search, every candidate scores the same validation folds.
+_RECENT = OrderedDict()
+_RECENT_LOCK = threading.Lock()
+RECENT_MAX_BYTES = 256 * 2**20
+
+
+def recent_pass(body, X, cut, source, batch_size, device, precision, channels_last):
+    """What the blocks below ``cut`` of ``body`` give for ``X``, kept in process.
+
+    The activations entering block ``cut``, or the pooled features when
+    ``cut`` is past the last block. ``source`` is the :func:`weights_key` of
+    the frozen blocks as they were before fitting: blocks below ``cut`` never
+    train, so models with the same backbone share the result. For each input,
+    outputs at several cuts are kept, and a higher cut continues from the
+    closest lower one. Inputs seen least recently go first once the outputs
+    take more than ``RECENT_MAX_BYTES``.
+    """
+    key = joblib.hash((source, batch_size, precision, channels_last, data_key(X)))
+    with _RECENT_LOCK:
+        entry = _RECENT.pop(key, {})
+        _RECENT[key] = entry
+        stored = entry.get(cut)
+        lower = max((k for k in entry if k < cut), default=None)
+        start = None if lower is None else (lower, None, entry[lower])
+    if stored is not None:
+        return stored
+    options = (batch_size, device, precision, channels_last)
+    pooled, activations = frozen_pass(body, X, cut, *options, start=start, pooled=False)
+    stored = pooled if cut == len(body.blocks) else activations
+    with _RECENT_LOCK:
+        entry[cut] = stored
+        size = sum(a.nbytes for e in _RECENT.values() for a in e.values())
+        while size > RECENT_MAX_BYTES and len(_RECENT) > 1:
+            size -= sum(a.nbytes for a in _RECENT.popitem(last=False)[1].values())
+    return stored
 
 
 class BackboneMixin:

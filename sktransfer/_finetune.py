@@ -3,6 +3,7 @@
 import os
 from numbers import Integral, Real
 
+import joblib
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
@@ -28,10 +29,12 @@ from ._base import (
     PRECISIONS,
     BackboneMixin,
     autocast,
-    fingerprint,
+    data_key,
     frozen_pass,
     memory_format,
+    recent_pass,
     torch_seed,
+    weights_key,
 )
 from ._freeze import block_param_groups, count_trainable
 from ._input import as_dataset
@@ -255,8 +258,12 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         ``Pipeline(memory=...)``: a folder or a ``joblib.Memory``. Every
         candidate of a search with the same backbone, weights, preprocessing,
         cut (``unfreeze_depth``), batch size and training data reuses them,
-        also with ``GridSearchCV(n_jobs=2)``. Only used where the frozen
-        cache is on.
+        also with ``GridSearchCV(n_jobs=2)``; a pass to a higher cut continues
+        a stored one to a lower cut. Only used where the frozen cache is on.
+        A model fitted with ``memory`` also keeps in process (never on disk)
+        the frozen outputs of the inputs it predicted last, up to 256 MiB,
+        so the candidates of a search score each validation fold from the
+        same ones; ``memory=None`` turns it off for a model to serve.
     verbose : int, default=0
         Verbosity of skorch's per-epoch log and of the cache.
 
@@ -465,7 +472,9 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
             if cache_off and self.verbose:
                 print(f"{type(self).__name__}: frozen-feature cache off: {cache_off}.")
             cut = n_blocks - depth
-            frozen = None if cache_off else self._frozen_inputs(body, X, cut)
+            # With memory, the frozen blocks' outputs are shared by name of their weights.
+            source = None if cache_off or self.memory is None else weights_key(body)
+            frozen = None if cache_off else self._frozen_inputs(body, X, cut, source)
             if not scratch and self.warmup == "linear_probe":
                 if frozen is None:  # the features the cache would hold, computed alike
                     body.to(self.device)
@@ -493,6 +502,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
             for row in net.history
         ]
         self.n_trainable_params_ = {row["phase"]: row["n_trainable_params"] for row in net.history}
+        self._frozen_source_ = source if 0 < cut else None
         return self
 
     def _cached(self, func, ignore=None):
@@ -509,24 +519,33 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
             return "weights=None trains every block"
         return None
 
-    def _frozen_inputs(self, body, X, cut):
+    def _frozen_inputs(self, body, X, cut, source):
         """What the frozen blocks give for every training sample, computed once.
 
         Returns ``(pooled, activations)``: the pooled features of the frozen
         backbone, and the activations entering the first trainable block
         ``cut`` (None when only the head trains, or when every block trains and
         the activations would only be the preprocessed input).
-        With ``memory``, they are kept on disk, keyed by the backbone's
-        architecture and weights, its preprocessing, the cut, the batch size
-        and the data, so candidates of a search on the same fold share them.
+        With ``memory``, they are kept on disk, keyed by ``source`` (the
+        backbone's architecture, weights and preprocessing), the cut, the
+        batch size and the data, so candidates of a search on the same fold
+        share them; a pass to a cut continues the stored pass with the
+        closest lower cut on the same data, if any.
         """
         body.eval().to(self.device)
-        args = (body, X, cut, *self._pass_options())
+        options = self._pass_options()
         if self.memory is None:
-            pooled, activations = frozen_pass(*args)
+            pooled, activations = frozen_pass(body, X, cut, *options)
         else:
-            cached = self._cached(frozen_pass, ignore=["body", "X", "device"])
-            pooled, activations = cached(*args, key=fingerprint(body, X))
+            cached = self._cached(frozen_pass, ignore=["body", "X", "device", "start"])
+            key = joblib.hash((source, data_key(X)))
+            start = None
+            if not cached.check_call_in_cache(body, X, cut, *options, key=key):
+                for k in range(cut - 1, 0, -1):
+                    if cached.check_call_in_cache(body, X, k, *options, key=key):
+                        start = (k, *cached(body, X, k, *options, key=key))
+                        break
+            pooled, activations = cached(body, X, cut, *options, key=key, start=start)
         if self.verbose:
             size = (activations if activations is not None else pooled).nbytes / 2**20
             print(
@@ -571,7 +590,23 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         """
         check_is_fitted(self)
         X = self._check_input(X, reset=False)
-        return self.net_.predict_proba(as_dataset(X, self.net_.module_.body.preprocess))
+        module = self.net_.module_
+        source = getattr(self, "_frozen_source_", None)
+        if self.memory is None or source is None:
+            return self.net_.predict_proba(as_dataset(X, module.body.preprocess))
+        # The frozen blocks' outputs, shared with other models (the candidates
+        # of a search scoring the same validation fold); then the rest.
+        cut = self.n_blocks_ - self.unfreeze_depth_
+        inputs = recent_pass(module.body, X, cut, source, *self._pass_options())
+        stage = "pooled" if cut == self.n_blocks_ else cut
+        module.eval()
+        logits = []
+        with torch.no_grad(), autocast(self.device, self.precision):
+            for start in range(0, len(inputs), self.batch_size):
+                xb = torch.as_tensor(inputs[start : start + self.batch_size]).to(self.device)
+                xb = memory_format(xb, self.channels_last)
+                logits.append(module.forward_from(xb, stage).float())
+        return torch.softmax(torch.cat(logits), dim=-1).cpu().numpy()
 
     def predict(self, X):
         """Most probable class of each sample.

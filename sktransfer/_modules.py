@@ -69,13 +69,6 @@ class Body(nn.Module):
             x = block(x)
         return pool_features(x)
 
-    def activations(self, x, stop):
-        """Preprocess ``x`` and run the blocks before ``stop``; no pooling."""
-        x = self.preprocess(x)
-        for block in self.blocks[:stop]:
-            x = block(x)
-        return x
-
     def infer_output_dim(self, sample):
         """Run ``sample`` once in eval mode, without gradients, to size the output.
 
@@ -129,10 +122,14 @@ class TransferModule(nn.Module):
         return self
 
     def forward(self, x):
-        if self.input_stage == "raw":
+        return self.forward_from(x, self.input_stage)
+
+    def forward_from(self, x, stage):
+        """Logits for ``x`` given at ``stage`` (see ``input_stage``)."""
+        if stage == "raw":
             features = self.body(x)
-        elif self.input_stage == "pooled":
+        elif stage == "pooled":
             features = x
         else:  # float16 activations from the cache compute in float32 (or autocast)
-            features = self.body.run_from(x.float(), self.input_stage)
+            features = self.body.run_from(x.float(), stage)
         return self.head(features)

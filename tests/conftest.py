@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from sktransfer import _backbones
+from sktransfer import _backbones, _base
 
 # The test networks are tiny: one thread is faster than two, and keeps the
 # suite fast when another process shares the two cores.
@@ -33,8 +33,10 @@ def make_cnn():
 
 @pytest.fixture(autouse=True)
 def _fresh_backbones():
-    """Each test loads its own weights: no body kept from another test's fit."""
+    """Each test loads its own weights and computes its own frozen outputs: no
+    body or predicted input kept from another test."""
     _backbones._PRISTINE.clear()
+    _base._RECENT.clear()
 
 
 @pytest.fixture

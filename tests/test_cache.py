@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV
 
 from sktransfer import FineTunedClassifier
@@ -130,3 +131,79 @@ def test_memory_shares_frozen_outputs_across_candidates_and_folds(images, tmp_pa
     passes = list(tmp_path.rglob("frozen_pass/*/output.pkl"))
     probes = list(tmp_path.rglob("fit_probe/*/output.pkl"))
     assert (len(passes), len(probes)) == (7, 3)
+
+
+def _count_bottom_batches(monkeypatch):
+    """Record every batch the bottom block of any fitted copy runs on."""
+    from sktransfer import _backbones
+
+    build, calls = _backbones.build_from_module, []
+
+    def counting_build(*args, **kwargs):
+        body = build(*args, **kwargs)
+        body.blocks[0].register_forward_hook(lambda *args: calls.append(1))
+        return body
+
+    monkeypatch.setattr("sktransfer._base.build_from_module", counting_build)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "depths, bottom_batches",
+    [
+        # Deepest cut first: per fold, one pass of the bottom block over the
+        # training part (2 batches) and one over the validation part (2), which
+        # the shallower cuts continue; then the refit's pass (3 batches).
+        ([2, 1, 0], 2 * (2 + 2) + 3),
+        # Shallowest first: a pass per cut in fit and in scoring.
+        ([0, 1, 2], 2 * (6 + 6) + 3),
+    ],
+)
+def test_memory_continues_passes_from_lower_cuts(
+    images, tmp_path, monkeypatch, depths, bottom_batches
+):
+    X, y = _cnn_data(images)
+    grid = {"unfreeze_depth": depths}
+    common = {"backbone": make_cnn(), "max_epochs": 3, "batch_size": 4, "random_state": 0}
+    plain = GridSearchCV(FineTunedClassifier(**common), grid, cv=2).fit(X, y)
+    calls = _count_bottom_batches(monkeypatch)
+    cached = GridSearchCV(FineTunedClassifier(memory=str(tmp_path), **common), grid, cv=2)
+    cached.fit(X, y)
+    assert len(calls) == bottom_batches
+    assert plain.best_params_ == cached.best_params_
+    np.testing.assert_allclose(
+        plain.cv_results_["mean_test_score"], cached.cv_results_["mean_test_score"], atol=1e-6
+    )
+    # A model without memory computes every block of every prediction.
+    np.testing.assert_allclose(plain.predict_proba(X), cached.predict_proba(X), atol=1e-6)
+
+
+@pytest.mark.parametrize("unfreeze_depth", [0, 2])
+def test_predict_with_memory_reuses_frozen_outputs_in_process(
+    images, tmp_path, monkeypatch, unfreeze_depth
+):
+    from sktransfer import _base
+
+    X, y = _cnn_data(images)
+    clf = FineTunedClassifier(
+        backbone=make_cnn(),
+        unfreeze_depth=unfreeze_depth,
+        max_epochs=2,
+        batch_size=4,
+        random_state=0,
+        memory=str(tmp_path),
+    ).fit(X, y)
+    plain = clone(clf).set_params(memory=None).fit(X, y)
+    expected = plain.predict_proba(X[:5])
+    calls = []
+    clf.net_.module_.body.blocks[0].register_forward_hook(lambda *args: calls.append(1))
+    np.testing.assert_allclose(clf.predict_proba(X[:5]), expected, atol=1e-6)
+    np.testing.assert_allclose(clf.predict_proba(X[:5]), expected, atol=1e-6)
+    assert len(calls) == 2  # 5 samples in batches of 4, once
+    assert len(_base._RECENT) == 1
+    # Bounded: with no room, only the inputs predicted last are kept.
+    monkeypatch.setattr(_base, "RECENT_MAX_BYTES", 0)
+    clf.predict(X[5:])
+    clf.predict(X[:3])
+    assert len(_base._RECENT) == 1
+    np.testing.assert_allclose(clf.predict_proba(X[5:]), plain.predict_proba(X[5:]), atol=1e-6)
