@@ -5,8 +5,8 @@ For each number of training images per class and each seed, on the first
 
 - fine-tuned, epoch warm-up: ``FineTunedClassifier`` with ``unfreeze_depth``
   in {0, 3, 5} and ``backbone_lr`` in {1e-4, 3e-4} chosen by ``GridSearchCV``
-  (``--cv`` folds, 3 by default), ``warmup="epochs"``: 5 epochs of head training at ``lr=1e-3``, then
-  the top blocks;
+  (``--cv`` folds, 3 by default), ``warmup="epochs"``: 5 epochs of head
+  training at ``lr=1e-3``, then the top blocks;
 - fine-tuned, linear probe: the same search with ``warmup="linear_probe"``,
   no head-only epochs, the head at ``lr=1e-5`` (it starts at the probe);
 - frozen + logreg: ``PretrainedFeatureExtractor`` then ``LogisticRegression``;

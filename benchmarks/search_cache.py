@@ -4,12 +4,11 @@
 at 64 px, ``unfreeze_depth`` in {2, 1, 0} x ``backbone_lr`` in {1e-4, 1e-3},
 cv=3, the same ``random_state``, the default linear-probe warm-up and one
 head-only epoch. Off: ``frozen_cache=False``, every batch of every epoch runs
-the whole network. On: the default in-fit cache plus
-``memory=`` (a ``joblib.Memory`` in a fresh temporary folder each repeat), so
-candidates on the same fold share the frozen blocks' outputs, in training and
-in scoring. Timed in one
-run, alternating, median of ``--repeats``, for each number of ``--epochs``;
-the two searches must agree.
+the whole network. On: the default in-fit cache plus ``memory=`` (a
+``joblib.Memory`` in a fresh temporary folder each repeat), so candidates on
+the same fold share the frozen blocks' outputs, in training and in scoring.
+Timed in one run, alternating, median of ``--repeats``, for each number of
+``--epochs``; the two searches must agree.
 
     python benchmarks/search_cache.py [--repeats 3] [--n-per-class 20] [--epochs 5 10 20]
 
