@@ -306,8 +306,14 @@ def draw_curves(runs, ax, title):
 
 
 def save_and_reload(search, X_test, y_test, path):
-    """Pickle the best pipeline of ``search``, reload it, check it predicts the same."""
-    joblib.dump(search.best_estimator_, path)
+    """Pickle the best pipeline of ``search``, reload it, check it predicts the same.
+
+    The model to serve has ``memory`` off: it keeps no outputs of the inputs
+    it predicts, and the reloaded copy computes every one of its own.
+    """
+    model = search.best_estimator_
+    model.set_params(**{k: None for k in model.get_params() if k.split("__")[-1] == "memory"})
+    joblib.dump(model, path)
     reloaded = joblib.load(path)
     proba_before, proba_after = search.predict_proba(X_test), reloaded.predict_proba(X_test)
     classes = search.best_estimator_.classes_

@@ -14,7 +14,10 @@ def _check_outputs(folder, out, sizes, model_file):
     results = pd.read_csv(folder / "results.csv", index_col=0)
     assert list(results.index) == sizes
     assert (folder / "accuracy_vs_examples.png").stat().st_size > 10_000
-    return joblib.load(folder / model_file), results
+    model = joblib.load(folder / model_file)
+    memories = {k: v for k, v in model.get_params().items() if k.split("__")[-1] == "memory"}
+    assert memories and all(v is None for v in memories.values())  # served without a cache
+    return model, results
 
 
 def test_digits_demo_quick(tmp_path, capsys):
