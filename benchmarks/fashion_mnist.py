@@ -4,9 +4,10 @@ For each number of training images per class and each seed, on the first
 ``--n-test`` test images:
 
 - fine-tuned, epoch warm-up: ``FineTunedClassifier`` with ``unfreeze_depth``
-  in {0, 3, 5} and ``backbone_lr`` in {1e-4, 3e-4} chosen by ``GridSearchCV``
-  (``--cv`` folds, 3 by default), ``warmup="epochs"``: 5 epochs of head
-  training at ``lr=1e-3``, then the top blocks;
+  0, or one of ``--depths`` ({3, 5} by default) with ``backbone_lr`` in
+  {1e-4, 3e-4}, chosen by ``GridSearchCV`` (``--cv`` folds, 3 by default),
+  ``warmup="epochs"``: 5 epochs of head training at ``lr=1e-3``, then the top
+  blocks;
 - fine-tuned, linear probe: the same search with ``warmup="linear_probe"``,
   no head-only epochs, the head at ``lr=1e-5`` (it starts at the probe);
 - frozen + logreg: ``PretrainedFeatureExtractor`` then ``LogisticRegression``;
@@ -17,7 +18,7 @@ Images are resized to ``--input-size`` px. ``--methods`` picks a subset;
 ``joblib.Memory`` per seed and size. Wall times include the searches.
 
     python benchmarks/fashion_mnist.py [--sizes 10 100] [--seeds 0 1 2] [--methods ...]
-                                       [--epochs 15] [--cv 3]
+                                       [--epochs 15] [--cv 3] [--depths 3 5]
 
 Needs Fashion-MNIST (``apt-get install dataset-fashion-mnist``). Prints a
 table and writes ``fashion_mnist.csv``.
@@ -37,10 +38,12 @@ from sklearn.pipeline import make_pipeline
 from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor
 from sktransfer.datasets import fetch_fashion_mnist
 
-GRID = [
-    {"unfreeze_depth": [0]},
-    {"unfreeze_depth": [3, 5], "backbone_lr": [1e-4, 3e-4]},
-]
+
+def grid(depths):
+    """The probe alone, or the top ``depths`` blocks at two backbone learning rates."""
+    return [{"unfreeze_depth": [0]}, {"unfreeze_depth": depths, "backbone_lr": [1e-4, 3e-4]}]
+
+
 METHODS = ("fine-tuned, epoch warm-up", "fine-tuned, linear probe", "frozen + logreg", "scratch")
 
 
@@ -51,14 +54,14 @@ def sample(y, n_per_class, seed):
     )
 
 
-def models(seed, input_size, epochs, memory, cv):
+def models(seed, input_size, epochs, memory, cv, depths):
     common = {"backbone": "efficientnet_lite0", "input_size": input_size, "random_state": seed}
     tuned = {**common, "max_epochs": epochs, "memory": memory}
     epoch_warmup = {"warmup": "epochs", "warmup_epochs": 5, "lr": 1e-3}
     linear_probe = {"warmup": "linear_probe", "warmup_epochs": 0, "lr": 1e-5}
     return {
-        METHODS[0]: GridSearchCV(FineTunedClassifier(**epoch_warmup, **tuned), GRID, cv=cv),
-        METHODS[1]: GridSearchCV(FineTunedClassifier(**linear_probe, **tuned), GRID, cv=cv),
+        METHODS[0]: GridSearchCV(FineTunedClassifier(**epoch_warmup, **tuned), grid(depths), cv=cv),
+        METHODS[1]: GridSearchCV(FineTunedClassifier(**linear_probe, **tuned), grid(depths), cv=cv),
         METHODS[2]: make_pipeline(
             PretrainedFeatureExtractor(backbone="efficientnet_lite0", input_size=input_size),
             LogisticRegression(max_iter=2000),
@@ -75,6 +78,7 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--n-test", type=int, default=1000)
     parser.add_argument("--cv", type=int, default=3)
+    parser.add_argument("--depths", type=int, nargs="+", default=[3, 5])
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--csv", default="fashion_mnist.csv")
@@ -84,6 +88,7 @@ def main(argv=None):
     X_test, y_test = X_test[: args.n_test], y_test[: args.n_test]
     print(
         f"seeds {args.seeds}, {args.input_size} px, {args.epochs} epochs, cv={args.cv}, "
+        f"unfreeze_depth 0 or {args.depths}, "
         f"{len(y_test)} test images, {args.threads} torch threads",
         flush=True,
     )
@@ -93,7 +98,7 @@ def main(argv=None):
             idx = sample(y_train, n, seed)
             with tempfile.TemporaryDirectory() as memory:
                 for name, model in models(
-                    seed, args.input_size, args.epochs, memory, args.cv
+                    seed, args.input_size, args.epochs, memory, args.cv, args.depths
                 ).items():
                     if name not in args.methods:
                         continue
