@@ -98,14 +98,12 @@ def frozen_pass(
         )
     else:
         begin, known, earlier = start
-        batches = (
-            memory_format(torch.as_tensor(earlier[i : i + batch_size]).to(device), channels_last)
-            for i in range(0, len(earlier), batch_size)
-        )
         if begin == cut:
             return known, earlier
-    if begin > 0:  # stored float16 activations compute in float32 (or autocast)
-        batches = (a.float() for a in batches)
+        batches = (  # stored float16 activations compute in float32 (or autocast)
+            memory_format(a.to(device), channels_last).float()
+            for a in iter_batches(earlier, None, batch_size)
+        )
     want_pooled = known is None and (pooled or cut == n_blocks)
     if not want_pooled and not 0 < cut < n_blocks:
         return known, None

@@ -37,7 +37,7 @@ from ._base import (
     weights_key,
 )
 from ._freeze import block_param_groups, count_trainable
-from ._input import as_dataset
+from ._input import as_dataset, iter_batches
 from ._modules import TransferModule
 
 _OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
@@ -472,7 +472,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
             if cache_off and self.verbose:
                 print(f"{type(self).__name__}: frozen-feature cache off: {cache_off}.")
             cut = n_blocks - depth
-            # With memory, the frozen blocks' outputs are shared by name of their weights.
+            # With memory, frozen outputs are shared by the key of the weights as loaded.
             source = None if cache_off or self.memory is None else weights_key(body)
             frozen = None if cache_off else self._frozen_inputs(body, X, cut, source)
             if not scratch and self.warmup == "linear_probe":
@@ -602,9 +602,8 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         module.eval()
         logits = []
         with torch.no_grad(), autocast(self.device, self.precision):
-            for start in range(0, len(inputs), self.batch_size):
-                xb = torch.as_tensor(inputs[start : start + self.batch_size]).to(self.device)
-                xb = memory_format(xb, self.channels_last)
+            for xb in iter_batches(inputs, None, self.batch_size):
+                xb = memory_format(xb.to(self.device), self.channels_last)
                 logits.append(module.forward_from(xb, stage).float())
         return torch.softmax(torch.cat(logits), dim=-1).cpu().numpy()
 

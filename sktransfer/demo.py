@@ -316,8 +316,7 @@ def save_and_reload(search, X_test, y_test, path):
     joblib.dump(model, path)
     reloaded = joblib.load(path)
     proba_before, proba_after = search.predict_proba(X_test), reloaded.predict_proba(X_test)
-    classes = search.best_estimator_.classes_
-    before = np.mean(classes[proba_before.argmax(axis=1)] == y_test)
+    before = np.mean(model.classes_[proba_before.argmax(axis=1)] == y_test)
     after = np.mean(reloaded.classes_[proba_after.argmax(axis=1)] == y_test)
     same = np.array_equal(proba_before, proba_after)
     message = f"accuracy {after:.4f} (in memory {before:.4f}), same probabilities: {same}"
