@@ -38,13 +38,36 @@ def memory_format(x, channels_last):
     return x
 
 
+def draw_seeds(random_state, n):
+    """``n`` seeds for torch drawn from ``random_state``, one per random stream."""
+    rng = check_random_state(random_state)
+    return [int(seed) for seed in rng.randint(np.iinfo(np.int32).max, size=n)]
+
+
 @contextmanager
-def torch_seed(random_state):
-    """Seed torch from ``random_state`` without touching the caller's RNG state."""
-    seed = int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+def torch_seed(seed):
+    """Seed torch's global generator with ``seed``; the caller's state comes back after.
+
+    What still draws from the global generator while a model trains (dropout,
+    stochastic depth) follows ``seed`` in a fit that runs alone; fits running
+    at once in threads share that generator.
+    """
     cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
+        yield
+
+
+# Building a model initialises its weights from torch's global generator, the
+# only one that module constructors and ``reset_parameters`` take: builds hold
+# this lock so that fits in threads do not draw from each other's stream.
+_BUILD_LOCK = threading.RLock()
+
+
+@contextmanager
+def seeded_build(seed):
+    """Run a model build alone in the process, its random draws seeded by ``seed``."""
+    with _BUILD_LOCK, torch_seed(seed):
         yield
 
 
@@ -183,8 +206,25 @@ def recent_pass(body, X, cut, source, batch_size, device, precision, channels_la
     return stored
 
 
+def _fitted_attributes(estimator):
+    return {k: v for k, v in vars(estimator).items() if k.endswith("_") and not k.startswith("__")}
+
+
 class BackboneMixin:
     """Input checks and backbone loading for estimators with ``backbone``/``weights``."""
+
+    @contextmanager
+    def _fitting(self):
+        """A fit that raises leaves the fitted attributes as they were before it:
+        absent after a first fit, the previous model's after a refit."""
+        before = _fitted_attributes(self)
+        try:
+            yield
+        except BaseException:
+            for name in _fitted_attributes(self):
+                delattr(self, name)
+            vars(self).update(before)
+            raise
 
     def _check_input(self, X, reset):
         if isinstance(self.backbone, str):

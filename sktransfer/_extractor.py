@@ -16,7 +16,7 @@ from torch import nn
 from torchvision.models import WeightsEnum
 
 from ._backbones import list_backbones
-from ._base import PRECISIONS, BackboneMixin, embed, torch_seed
+from ._base import PRECISIONS, BackboneMixin, draw_seeds, embed, seeded_build
 
 
 class PretrainedFeatureExtractor(
@@ -125,12 +125,13 @@ class PretrainedFeatureExtractor(
         self : PretrainedFeatureExtractor
             The fitted transformer.
         """
-        self._check_common_params()
-        X = self._check_input(X, reset=True)
-        with torch_seed(self.random_state):
-            body = self._load_backbone(X)
-        body.requires_grad_(False)
-        self.backbone_ = body.eval().to(self.device)
+        with self._fitting():
+            self._check_common_params()
+            X = self._check_input(X, reset=True)
+            with seeded_build(draw_seeds(self.random_state, 1)[0]):
+                body = self._load_backbone(X)
+            body.requires_grad_(False)
+            self.backbone_ = body.eval().to(self.device)
         return self
 
     @property

@@ -1,6 +1,7 @@
 """FineTunedClassifier: new head, warm-up, then the top blocks fine-tuned."""
 
 import os
+import warnings
 from numbers import Integral, Real
 
 import joblib
@@ -30,9 +31,11 @@ from ._base import (
     BackboneMixin,
     autocast,
     data_key,
+    draw_seeds,
     frozen_pass,
     memory_format,
     recent_pass,
+    seeded_build,
     torch_seed,
     weights_key,
 )
@@ -230,7 +233,10 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
     weight_decay : float, default=0.0
         Weight decay of every parameter group.
     random_state : int, RandomState instance or None, default=None
-        Seeds weight initialisation and batch shuffling.
+        Seeds every random draw of ``fit``: weight initialisation
+        (``weights=None``, lazy layers), the new head, batch shuffling, and
+        dropout. Fits in threads give the same results as alone, except
+        where training draws from torch's global generator (dropout).
     device : str, default="cpu"
         Torch device to train and predict on.
     precision : {"float32", "bfloat16", "float16"}, default="float32"
@@ -281,7 +287,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         Number of blocks of the backbone.
     unfreeze_depth_ : int
         Number of top blocks trained after the warm-up (``n_blocks_`` for
-        ``weights=None``).
+        ``weights=None``; 0 when ``max_epochs == warmup_epochs``).
     n_trainable_params_ : dict
         Number of trainable parameters in each phase (``"warmup"``,
         ``"finetune"`` or ``"scratch"``).
@@ -396,23 +402,25 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         self : FineTunedClassifier
             The fitted estimator.
         """
-        self._check_common_params()
-        if self.warmup_epochs > self.max_epochs:
-            raise ValueError(
-                f"warmup_epochs={self.warmup_epochs} exceeds max_epochs={self.max_epochs}; "
-                f"use 0 <= warmup_epochs <= max_epochs."
-            )
-        y = validate_data(self, X="no_validation", y=y)
-        X = self._check_input(X, reset=True)
-        check_consistent_length(X, y)
-        check_classification_targets(y)
-        encoder = LabelEncoder().fit(y)
-        if len(encoder.classes_) < 2:
-            raise ValueError(
-                f"{type(self).__name__} needs samples of at least 2 classes in y; "
-                f"got 1 class: {encoder.classes_.tolist()[0]!r}."
-            )
-        return self._fit(X, encoder.transform(y).astype(np.int64), encoder.classes_)
+        with self._fitting():
+            self._check_common_params()
+            if self.warmup_epochs > self.max_epochs:
+                raise ValueError(
+                    f"warmup_epochs={self.warmup_epochs} exceeds max_epochs={self.max_epochs}; "
+                    f"use 0 <= warmup_epochs <= max_epochs."
+                )
+            y = validate_data(self, X="no_validation", y=y)
+            X = self._check_input(X, reset=True)
+            check_consistent_length(X, y)
+            check_classification_targets(y)
+            encoder = LabelEncoder().fit(y)
+            if len(encoder.classes_) < 2:
+                raise ValueError(
+                    f"{type(self).__name__} needs samples of at least 2 classes in y; "
+                    f"got 1 class: {encoder.classes_.tolist()[0]!r}."
+                )
+            self._fit(X, encoder.transform(y).astype(np.int64), encoder.classes_)
+        return self
 
     def _check_unfreeze_depth(self, n_blocks):
         depth = self.unfreeze_depth
@@ -423,7 +431,23 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
                 f"0..{n_blocks} or 'all'."
             )
 
-    def _make_net(self, module, recipe, n_samples):
+    def _trained_depth(self, n_blocks):
+        """Number of top blocks that really train after the warm-up."""
+        if self.weights is None:
+            return n_blocks
+        depth = n_blocks if self.unfreeze_depth == "all" else self.unfreeze_depth
+        if depth and self.max_epochs == self.warmup_epochs:
+            warnings.warn(
+                f"max_epochs={self.max_epochs} equals warmup_epochs={self.warmup_epochs}: no "
+                f"epoch is left after the warm-up, so only the head trains and "
+                f"unfreeze_depth_ is 0, not {self.unfreeze_depth!r}. Use max_epochs > "
+                f"warmup_epochs to fine-tune blocks.",
+                UserWarning,
+            )
+            return 0
+        return depth
+
+    def _make_net(self, module, recipe, n_samples, shuffle_seed):
         optimizer = _OPTIMIZERS.get(self.optimizer, self.optimizer)
         kwargs = {"optimizer__weight_decay": self.weight_decay}
         if optimizer is torch.optim.SGD:
@@ -437,6 +461,9 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
             batch_size=self.batch_size,
             train_split=None,
             iterator_train__shuffle=True,
+            # Loaders draw from generators of their own, never from torch's global one.
+            iterator_train__generator=torch.Generator().manual_seed(shuffle_seed),
+            iterator_valid__generator=torch.Generator(),
             # A last batch of one sample breaks BatchNorm in train mode: leave it
             # out (shuffling leaves out another sample each epoch).
             iterator_train__drop_last=n_samples % self.batch_size == 1,
@@ -451,27 +478,28 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
 
     def _fit(self, X, y, classes):
         scratch = self.weights is None
-        with torch_seed(self.random_state):
+        # One stream each: weights built, head, shuffling, and what training
+        # draws from torch's global generator (dropout).
+        build_seed, head_seed, shuffle_seed, train_seed = draw_seeds(self.random_state, 4)
+        with seeded_build(build_seed):
             body = self._load_backbone(X, check_n_blocks=self._check_unfreeze_depth)
-            n_blocks = len(body.blocks)
-            depth = n_blocks if scratch or self.unfreeze_depth == "all" else self.unfreeze_depth
-            if scratch:
-                recipe = _Recipe(0, n_blocks, self.lr, 1.0, True, "scratch")
-            else:
-                recipe = _Recipe(
-                    self.warmup_epochs,
-                    depth,
-                    self.backbone_lr,
-                    self.layer_decay,
-                    self.train_bn,
-                    "finetune",
-                )
-            module = TransferModule(body, n_classes=len(classes))
-            net = self._make_net(module, recipe, len(y))
-            cache_off = self._why_no_frozen_cache()
-            if cache_off and self.verbose:
-                print(f"{type(self).__name__}: frozen-feature cache off: {cache_off}.")
-            cut = n_blocks - depth
+        n_blocks = len(body.blocks)
+        depth = self._trained_depth(n_blocks)
+        if scratch:
+            recipe = _Recipe(0, n_blocks, self.lr, 1.0, True, "scratch")
+        else:
+            recipe = _Recipe(
+                self.warmup_epochs, depth, self.backbone_lr, self.layer_decay, self.train_bn,
+                "finetune",
+            )
+        head_generator = torch.Generator().manual_seed(head_seed)
+        module = TransferModule(body, n_classes=len(classes), generator=head_generator)
+        net = self._make_net(module, recipe, len(y), shuffle_seed)
+        cache_off = self._why_no_frozen_cache()
+        if cache_off and self.verbose:
+            print(f"{type(self).__name__}: frozen-feature cache off: {cache_off}.")
+        cut = n_blocks - depth
+        with torch_seed(train_seed):
             # With memory, frozen outputs are shared by the key of the weights as loaded.
             source = None if cache_off or self.memory is None else weights_key(body)
             frozen = None if cache_off else self._frozen_inputs(body, X, cut, source)

@@ -164,7 +164,10 @@ def iter_batches(X, preprocess, batch_size, contiguous=False):
     training loop's collated batches are, for bit-for-bit equal results.
     """
     if isinstance(X, ImagePaths):
-        loader = torch.utils.data.DataLoader(as_dataset(X, preprocess), batch_size=batch_size)
+        # A generator of its own: the loader's seed is not drawn from torch's global one.
+        loader = torch.utils.data.DataLoader(
+            as_dataset(X, preprocess), batch_size=batch_size, generator=torch.Generator()
+        )
         for xb, _ in loader:
             yield xb
         return

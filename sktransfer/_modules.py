@@ -1,5 +1,7 @@
 """The torch modules that sktransfer's estimators train and pickle."""
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -83,6 +85,20 @@ class Body(nn.Module):
         return self.output_dim
 
 
+def new_head(in_features, out_features, generator=None):
+    """``nn.Linear`` initialised as torch does it, drawing from ``generator``.
+
+    Its own generator keeps the head's weights apart from every other draw in
+    the process, fits in other threads included.
+    """
+    head = torch.nn.utils.skip_init(nn.Linear, in_features, out_features)
+    with torch.no_grad():  # nn.Linear.reset_parameters, with a generator
+        nn.init.kaiming_uniform_(head.weight, a=math.sqrt(5), generator=generator)
+        bound = 1 / math.sqrt(in_features)
+        nn.init.uniform_(head.bias, -bound, bound, generator=generator)
+    return head
+
+
 class TransferModule(nn.Module):
     """A :class:`Body` with a new linear head, and the freezing state.
 
@@ -95,10 +111,10 @@ class TransferModule(nn.Module):
     ``"pooled"`` backbone features.
     """
 
-    def __init__(self, body, n_classes):
+    def __init__(self, body, n_classes, generator=None):
         super().__init__()
         self.body = body
-        self.head = nn.Linear(body.output_dim, n_classes)
+        self.head = new_head(body.output_dim, n_classes, generator)
         self.input_stage = "raw"
         self.set_trainable_depth(0, train_bn=False)
 

@@ -80,7 +80,7 @@ def test_cache_is_off_from_scratch_and_says_so(images, capsys):
     X, y = _cnn_data(images)
     FineTunedClassifier(backbone=make_cnn(), weights=None, max_epochs=1, verbose=1).fit(X, y)
     assert "frozen-feature cache off: weights=None trains every block" in capsys.readouterr().out
-    FineTunedClassifier(backbone=make_cnn(), unfreeze_depth=1, max_epochs=1, verbose=1).fit(X, y)
+    FineTunedClassifier(backbone=make_cnn(), unfreeze_depth=1, max_epochs=2, verbose=1).fit(X, y)
     assert "frozen-feature cache: 12 samples cut before block 2 of 3" in capsys.readouterr().out
 
 
