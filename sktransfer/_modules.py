@@ -122,19 +122,19 @@ class TransferModule(nn.Module):
         if depth:
             self.body.source = None
         set_trainable(self.body.blocks, depth, train_bn)
-        kept = set(self.body.preprocess.modules())
-        for module in modules_kept_in_eval(self.body.blocks, depth, train_bn):
-            kept.update(module.modules())
-        # Which submodules follow train(True): set once here, since skorch
-        # calls train() on every batch.
-        self._follows_train = [(m, m not in kept) for m in self.modules()]
+        self._kept_in_eval = [
+            self.body.preprocess,
+            *modules_kept_in_eval(self.body.blocks, depth, train_bn),
+        ]
         self.train(self.training)
 
     def train(self, mode=True):
-        if not isinstance(mode, bool):
-            raise ValueError("training mode is expected to be boolean")
-        for module, follows in self._follows_train:
-            module.__dict__["training"] = mode and follows  # what Module.train sets
+        """``nn.Module.train``, then the frozen blocks (and BatchNorm unless
+        ``train_bn``) back in eval mode."""
+        super().train(mode)
+        if mode:
+            for module in self._kept_in_eval:
+                module.eval()
         return self
 
     def forward(self, x):

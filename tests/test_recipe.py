@@ -199,3 +199,31 @@ def test_linear_probe_warmup_starts_the_head_from_logistic_regression(n_classes)
     # With negligible learning rates, the model is the probe.
     np.testing.assert_allclose(clf.predict_proba(X), probe.predict_proba(features), atol=1e-4)
     assert clf.history_[0]["phase"] == "finetune"
+
+
+class _RecordsTrain(nn.Module):
+    """A block that does work in ``train()``, as some timm blocks clear caches there."""
+
+    def __init__(self, n_in, n_out):
+        super().__init__()
+        self.linear = nn.Linear(n_in, n_out)
+        self.modes = []
+
+    def train(self, mode=True):
+        self.modes.append(mode)
+        return super().train(mode)
+
+    def forward(self, x):
+        return torch.relu(self.linear(x))
+
+
+def test_blocks_overriding_train_are_called(vectors):
+    X, y = vectors
+    backbone = nn.Sequential(_RecordsTrain(6, 8), _RecordsTrain(8, 8))
+    clf = FineTunedClassifier(backbone=backbone, unfreeze_depth=1, max_epochs=2, frozen_cache=False)
+    clf.fit(X, y)
+    frozen, top = clf.net_.module_.body.blocks
+    assert True in top.modes  # each call reached the block's own train()
+    clf.net_.module_.train()
+    assert top.training and top.modes[-1] is True
+    assert not frozen.training and frozen.modes[-1] is False  # kept in eval
