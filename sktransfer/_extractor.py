@@ -4,18 +4,13 @@ import os
 from numbers import Integral
 
 import torch
-from sklearn.base import (
-    BaseEstimator,
-    ClassNamePrefixFeaturesOutMixin,
-    TransformerMixin,
-    _fit_context,
-)
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 from torchvision.models import WeightsEnum
 
 from ._backbones import list_backbones
+from ._compat import Interval, Options, validate_params
 from ._base import PRECISIONS, BackboneMixin, draw_seeds, embed, seeded_build
 
 
@@ -78,13 +73,13 @@ class PretrainedFeatureExtractor(
     """
 
     _parameter_constraints = {
-        "backbone": [StrOptions(set(list_backbones())), nn.Sequential],
+        "backbone": [Options(set(list_backbones())), nn.Sequential],
         "weights": [None, str, os.PathLike, WeightsEnum],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "input_size": [None, Interval(Integral, 1, None, closed="left")],
         "device": [str, torch.device],
         "random_state": ["random_state"],
-        "precision": [StrOptions(set(PRECISIONS))],
+        "precision": [Options(set(PRECISIONS))],
         "channels_last": ["boolean"],
     }
 
@@ -109,7 +104,6 @@ class PretrainedFeatureExtractor(
         self.precision = precision
         self.channels_last = channels_last
 
-    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Load the backbone and its weights.
 
@@ -125,6 +119,7 @@ class PretrainedFeatureExtractor(
         self : PretrainedFeatureExtractor
             The fitted transformer.
         """
+        validate_params(self)
         with self._fitting():
             self._check_common_params()
             X = self._check_input(X, reset=True)

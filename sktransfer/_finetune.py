@@ -7,10 +7,9 @@ from numbers import Integral, Real
 import joblib
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import LabelEncoder
-from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import (
     check_consistent_length,
@@ -26,6 +25,7 @@ from torch import nn
 from torchvision.models import WeightsEnum
 
 from ._backbones import list_backbones
+from ._compat import HasMethods, Interval, Options, validate_params
 from ._base import (
     PRECISIONS,
     BackboneMixin,
@@ -67,31 +67,36 @@ class _TransferNet(NeuralNetClassifier):
         with autocast(self.device, self.precision):
             return super().infer(x, **fit_params).float()
 
-    def train_step(self, batch, **fit_params):
+    def train_step_single(self, batch, **fit_params):
         if self.precision != "float16":
-            return super().train_step(batch, **fit_params)
-        if self.grad_scaler_ is None:
-            self.grad_scaler_ = torch.amp.GradScaler(torch.device(self.device).type)
-        scaler = self.grad_scaler_
-        self._zero_grad_optimizer()
-        self._set_training(True)
+            return super().train_step_single(batch, **fit_params)
+        self.module_.train()
+        self.criterion_.train()
         Xi, yi = unpack_data(batch)
         y_pred = self.infer(Xi, **fit_params)
         loss = self.get_loss(y_pred, yi, X=Xi, training=True)
-        scaler.scale(loss).backward()
-        optimizers = [getattr(self, name + "_") for name in self._optimizers]
-        for optimizer in optimizers:  # callbacks see the true gradients
-            scaler.unscale_(optimizer)
+        self.grad_scaler_.scale(loss).backward()
+        self.grad_scaler_.unscale_(self.optimizer_)  # callbacks see the true gradients
+        return {"loss": loss, "y_pred": y_pred}
+
+    def train_step(self, batch, **fit_params):
+        if self.precision != "float16":
+            return super().train_step(batch, **fit_params)
+        # The scaler steps the optimizer (skipping steps with inf or nan
+        # gradients) and then updates its scale: no closure for optimizer.step.
+        if self.grad_scaler_ is None:
+            self.grad_scaler_ = torch.amp.GradScaler(torch.device(self.device).type)
+        self.optimizer_.zero_grad()
+        step = self.train_step_single(batch, **fit_params)
         self.notify(
             "on_grad_computed",
             named_parameters=TeeGenerator(self.get_all_learnable_params()),
             batch=batch,
             training=True,
         )
-        for optimizer in optimizers:
-            scaler.step(optimizer)
-        scaler.update()
-        return {"loss": loss, "y_pred": y_pred}
+        self.grad_scaler_.step(self.optimizer_)
+        self.grad_scaler_.update()
+        return step
 
     def __getstate__(self):
         # Pickles hold the fitted weights, not the optimizer (or scaler) state.
@@ -316,23 +321,23 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
     """
 
     _parameter_constraints = {
-        "backbone": [StrOptions(set(list_backbones())), nn.Sequential],
+        "backbone": [Options(set(list_backbones())), nn.Sequential],
         "weights": [None, str, os.PathLike, WeightsEnum],
-        "unfreeze_depth": [Interval(Integral, 0, None, closed="left"), StrOptions({"all"})],
+        "unfreeze_depth": [Interval(Integral, 0, None, closed="left"), Options({"all"})],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "backbone_lr": [Interval(Real, 0, None, closed="neither")],
         "layer_decay": [Interval(Real, 0, 1, closed="right")],
-        "warmup": [StrOptions({"linear_probe", "epochs"})],
+        "warmup": [Options({"linear_probe", "epochs"})],
         "warmup_epochs": [Interval(Integral, 0, None, closed="left")],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "input_size": [None, Interval(Integral, 1, None, closed="left")],
         "train_bn": ["boolean"],
-        "optimizer": [StrOptions(set(_OPTIMIZERS)), type],
+        "optimizer": [Options(set(_OPTIMIZERS)), type],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
         "random_state": ["random_state"],
         "device": [str, torch.device],
-        "precision": [StrOptions(set(PRECISIONS))],
+        "precision": [Options(set(PRECISIONS))],
         "channels_last": ["boolean"],
         "frozen_cache": ["boolean"],
         "memory": [None, str, HasMethods(["cache"])],
@@ -386,7 +391,6 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         self.memory = memory
         self.verbose = verbose
 
-    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y):
         """Fit the head, then fine-tune the top blocks.
 
@@ -402,6 +406,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         self : FineTunedClassifier
             The fitted estimator.
         """
+        validate_params(self)
         with self._fitting():
             self._check_common_params()
             if self.warmup_epochs > self.max_epochs:

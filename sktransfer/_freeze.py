@@ -6,7 +6,15 @@ blocks from the top (output side) of the backbone.
 
 from torch import nn
 
-_BATCH_NORM = nn.modules.batchnorm._BatchNorm
+_BATCH_NORM = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.LazyBatchNorm1d,
+    nn.LazyBatchNorm2d,
+    nn.LazyBatchNorm3d,
+    nn.SyncBatchNorm,
+)
 
 
 def _is_trainable_block(index, n_blocks, depth):
@@ -25,7 +33,7 @@ def set_trainable(blocks, depth, train_bn):
         for module in block.modules():
             keep = trainable and (train_bn or not isinstance(module, _BATCH_NORM))
             for param in module.parameters(recurse=False):
-                param.requires_grad_(keep)
+                param.requires_grad_(bool(keep))
 
 
 def modules_kept_in_eval(blocks, depth, train_bn):

@@ -6,7 +6,7 @@ from urllib.error import URLError
 import numpy as np
 import pytest
 import torch
-from sklearn.utils._param_validation import InvalidParameterError
+from sktransfer._compat import InvalidParameterError
 from torchvision.models import ResNet18_Weights, get_model
 
 from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor

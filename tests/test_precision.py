@@ -5,7 +5,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from sklearn.utils._param_validation import InvalidParameterError
+from sktransfer._compat import InvalidParameterError
 from torch import nn
 
 from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor
