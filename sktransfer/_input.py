@@ -12,6 +12,8 @@ import torch
 from sklearn.utils import check_array
 from sklearn.utils.validation import validate_data
 
+from ._modules import scale_and_resize
+
 IMAGE_FORMS = (
     "(n, H, W) grey, (n, H, W, 3) uint8, (n, 3, H, W) float in [0, 1], "
     "or a list of image file paths"
@@ -115,11 +117,22 @@ def _positive_strides(X):
     return X.copy() if any(stride < 0 for stride in X.strides) else X
 
 
-_PIL_RESAMPLE = {"nearest": 0, "bilinear": 2, "bicubic": 3}
+def read_image(path):
+    """One image file as a ``uint8`` RGB ``(3, H, W)`` tensor at its own size."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        pixels = np.asarray(img.convert("RGB"))
+    return torch.from_numpy(pixels.copy()).permute(2, 0, 1)
 
 
 class ImagePathDataset(torch.utils.data.Dataset):
-    """Read, convert to RGB and resize one image per item, as ``uint8`` CHW."""
+    """Read one image file per item and resize it as arrays are resized.
+
+    Items are float32 ``(3, size, size)`` in ``[0, 1]``, from
+    :func:`scale_and_resize`, which :class:`ImagePreprocess` then only
+    normalises.
+    """
 
     def __init__(self, paths, size, interpolation, y=None):
         self.paths = paths
@@ -131,14 +144,8 @@ class ImagePathDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i):
-        from PIL import Image
-
-        with Image.open(self.paths[i]) as img:
-            img = img.convert("RGB").resize(
-                (self.size, self.size), _PIL_RESAMPLE[self.interpolation]
-            )
-            x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
-        return x, (0 if self.y is None else self.y[i])
+        x = scale_and_resize(read_image(self.paths[i])[None], self.size, self.interpolation)
+        return x[0], (0 if self.y is None else self.y[i])
 
 
 def as_dataset(X, preprocess, y=None):
