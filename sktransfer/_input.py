@@ -171,7 +171,11 @@ def iter_batches(X, preprocess, batch_size, contiguous=False):
     training loop's collated batches are, for bit-for-bit equal results.
     """
     if isinstance(X, ImagePaths):
-        loader = torch.utils.data.DataLoader(as_dataset(X, preprocess), batch_size=batch_size)
+        # A loader draws a seed per pass: from a generator of its own, so that
+        # reading files leaves torch's RNG, which fit seeds, as arrays leave it.
+        loader = torch.utils.data.DataLoader(
+            as_dataset(X, preprocess), batch_size=batch_size, generator=torch.Generator()
+        )
         for xb, _ in loader:
             yield xb
         return

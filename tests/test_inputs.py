@@ -2,10 +2,12 @@
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from sklearn.datasets import load_sample_images
+from torchvision.models import get_model
 
-from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor
+from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor, _backbones
 
 from .conftest import make_cnn, make_mlp
 
@@ -81,6 +83,34 @@ def test_files_of_different_sizes(photos, tmp_path):
     ext = _resnet().fit(photos)
     for image, row in zip(images, features):
         np.testing.assert_allclose(row, ext.transform(image[None])[0], rtol=0, atol=1e-5)
+
+
+def test_fine_tuning_on_files_matches_arrays(photos, tmp_path, monkeypatch):
+    # Each fit builds its backbone anew, so all three draw the same random
+    # numbers (a copy from the cache of built backbones skips the draws of
+    # the architecture's initialisation).
+    monkeypatch.setattr(_backbones, "_PRISTINE_MAX", 0)
+    paths = _save(photos, tmp_path)
+    y = np.repeat(["china", "flower"], 3)
+    checkpoint = tmp_path / "resnet18.pth"
+    torch.save(get_model("resnet18", weights=None).state_dict(), checkpoint)
+    common = {
+        "backbone": "resnet18",
+        "weights": str(checkpoint),
+        "input_size": 32,
+        "unfreeze_depth": 2,
+        "warmup_epochs": 1,
+        "max_epochs": 2,
+        "batch_size": 4,
+        "random_state": 0,
+    }
+    cached = FineTunedClassifier(**common).fit(paths, y)
+    proba = cached.predict_proba(paths)
+    uncached = FineTunedClassifier(frozen_cache=False, **common).fit(paths, y)
+    np.testing.assert_allclose(uncached.predict_proba(paths), proba, rtol=0, atol=1e-6)
+    arrays = FineTunedClassifier(**common).fit(photos, y)
+    np.testing.assert_allclose(arrays.predict_proba(photos), proba, rtol=0, atol=1e-5)
+    assert list(cached.classes_) == ["china", "flower"]
 
 
 def test_rgba_and_palette_files_read_as_their_rgb(photos, tmp_path):
