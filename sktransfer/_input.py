@@ -117,13 +117,38 @@ def _positive_strides(X):
     return X.copy() if any(stride < 0 for stride in X.strides) else X
 
 
+# Pillow modes of more than 8 bits per pixel, which ``convert("RGB")`` clips
+# to 255: read as grey and divided by the top of their range.
+_HIGH_DEPTH_MAX = {
+    **dict.fromkeys(["I;16", "I;16B", "I;16L", "I;16N", "I"], 65535),
+    "F": 1.0,
+}
+
+
 def read_image(path):
-    """One image file as a ``uint8`` RGB ``(3, H, W)`` tensor at its own size."""
+    """One image file as a ``(C, H, W)`` tensor at its own size.
+
+    8-bit images come as ``uint8`` RGB; 16-bit grey images (Pillow modes
+    ``"I;16"`` and ``"I"``) as float32 grey divided by 65535, and float
+    images (mode ``"F"``) as they are, which must lie in ``[0, 1]``. Images
+    out of range raise a ValueError that names them.
+    """
     from PIL import Image
 
     with Image.open(path) as img:
-        pixels = np.asarray(img.convert("RGB"))
-    return torch.from_numpy(pixels.copy()).permute(2, 0, 1)
+        mode = img.mode
+        pixels = np.asarray(img if mode in _HIGH_DEPTH_MAX else img.convert("RGB"))
+    if mode not in _HIGH_DEPTH_MAX:
+        return torch.from_numpy(pixels.copy()).permute(2, 0, 1)
+    top = _HIGH_DEPTH_MAX[mode]
+    low, high = float(pixels.min()), float(pixels.max())
+    if low < 0 or high > top:
+        raise ValueError(
+            f"X holds {path!r}, a mode {mode!r} image with values in [{low:g}, {high:g}]; "
+            f"images of that mode must lie in [0, {top:g}]. Save it as an 8-bit or "
+            f"16-bit image."
+        )
+    return torch.from_numpy((pixels / top).astype(np.float32))[None]
 
 
 class ImagePathDataset(torch.utils.data.Dataset):

@@ -6,6 +6,7 @@ from urllib.error import URLError
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from sklearn.utils._param_validation import InvalidParameterError
 from torchvision.models import ResNet18_Weights, get_model
 
@@ -165,6 +166,18 @@ def test_paths_need_a_named_backbone(tmp_path, vectors):
         FineTunedClassifier(backbone=make_mlp()).fit(["a.png", "b.png"], [0, 1])
     with pytest.raises(ValueError, match=r"2 paths that are not files, e.g. 'a.png'"):
         _named(backbone="resnet18", weights=None).fit(["a.png", "b.png"], [0, 1])
+
+
+@pytest.mark.parametrize("mode, pixels", [("I", [[0, 70000]]), ("F", [[-0.5, 2.0]])])
+def test_grey_files_out_of_their_range(tmp_path, mode, pixels):
+    path = str(tmp_path / "grey.tiff")
+    Image.fromarray(np.array(pixels, dtype=np.int32 if mode == "I" else np.float32)).save(path)
+    top = "65535" if mode == "I" else "1"
+    msg = rf"X holds {re.escape(repr(path))}, a mode '{mode}' image with values in .*; images "
+    msg += rf"of that mode must lie in \[0, {top}\]"
+    ext = PretrainedFeatureExtractor(backbone="resnet18", weights=None, input_size=16)
+    with pytest.raises(ValueError, match=msg):
+        ext.fit([path]).transform([path])
 
 
 def test_predict_checks_feature_count(vectors):

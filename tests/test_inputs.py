@@ -113,6 +113,19 @@ def test_fine_tuning_on_files_matches_arrays(photos, tmp_path, monkeypatch):
     assert list(cached.classes_) == ["china", "flower"]
 
 
+@pytest.mark.parametrize("mode, suffix", [("I;16", "png"), ("F", "tiff")])
+def test_high_bit_depth_grey_files_keep_their_range(photos, tmp_path, mode, suffix):
+    grey = photos[0].mean(axis=-1) / 255  # thirds of 8-bit steps: finer than 8 bits
+    pixels = (grey * 65535).round().astype(np.uint16) if mode == "I;16" else grey
+    path = str(tmp_path / f"grey.{suffix}")
+    Image.fromarray(pixels.astype(np.float32) if mode == "F" else pixels).save(path)
+    with Image.open(path) as img:
+        assert img.mode == mode
+    ext = _resnet().fit([path])
+    expected = ext.transform((pixels / (65535 if mode == "I;16" else 1))[None])
+    np.testing.assert_allclose(ext.transform([path]), expected, rtol=0, atol=1e-5)
+
+
 def test_rgba_and_palette_files_read_as_their_rgb(photos, tmp_path):
     rgba = Image.fromarray(photos[0]).convert("RGBA")
     rgba.putalpha(100)
