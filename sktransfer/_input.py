@@ -130,14 +130,21 @@ def read_image(path):
 
     8-bit images come as ``uint8`` RGB; 16-bit grey images (Pillow modes
     ``"I;16"`` and ``"I"``) as float32 grey divided by 65535, and float
-    images (mode ``"F"``) as they are, which must lie in ``[0, 1]``. Images
-    out of range raise a ValueError that names them.
+    images (mode ``"F"``) as they are, which must lie in ``[0, 1]``. Files
+    that are not images, truncated or out of range raise a ValueError that
+    names them.
     """
     from PIL import Image
 
-    with Image.open(path) as img:
-        mode = img.mode
-        pixels = np.asarray(img if mode in _HIGH_DEPTH_MAX else img.convert("RGB"))
+    try:
+        with Image.open(path) as img:
+            mode = img.mode
+            pixels = np.asarray(img if mode in _HIGH_DEPTH_MAX else img.convert("RGB"))
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ValueError(
+            f"X holds a file that could not be read as an image: {path!r} "
+            f"({type(exc).__name__}: {exc})."
+        ) from exc
     if mode not in _HIGH_DEPTH_MAX:
         return torch.from_numpy(pixels.copy()).permute(2, 0, 1)
     top = _HIGH_DEPTH_MAX[mode]

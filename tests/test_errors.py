@@ -1,12 +1,13 @@
 """Bad input gets an error that names the parameter, the value and what is valid."""
 
+import os
 import re
 from urllib.error import URLError
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 from sklearn.utils._param_validation import InvalidParameterError
 from torchvision.models import ResNet18_Weights, get_model
 
@@ -166,6 +167,35 @@ def test_paths_need_a_named_backbone(tmp_path, vectors):
         FineTunedClassifier(backbone=make_mlp()).fit(["a.png", "b.png"], [0, 1])
     with pytest.raises(ValueError, match=r"2 paths that are not files, e.g. 'a.png'"):
         _named(backbone="resnet18", weights=None).fit(["a.png", "b.png"], [0, 1])
+
+
+def _broken_files(images, folder):
+    """A truncated PNG, a truncated JPEG and a text file, by their paths."""
+    paths = []
+    for name, fmt in (("cut.png", "PNG"), ("cut.jpg", "JPEG")):
+        path = str(folder / name)
+        Image.fromarray(np.kron(images[0][0], np.ones((4, 4, 1), np.uint8))).save(path, fmt)
+        with open(path, "r+b") as file:
+            file.truncate(os.path.getsize(path) // 2)
+        paths.append(path)
+    paths.append(str(folder / "notes.png"))
+    with open(paths[-1], "w") as file:
+        file.write("not an image")
+    return paths
+
+
+def test_unreadable_image_files_are_named(images, tmp_path):
+    good = str(tmp_path / "good.png")
+    Image.fromarray(images[0][0]).save(good)
+    ext = PretrainedFeatureExtractor(backbone="resnet18", weights=None, input_size=16).fit([good])
+    cut_png, cut_jpg, text = _broken_files(images, tmp_path)
+    for path, why in ((cut_png, "truncated"), (cut_jpg, "truncated"), (text, "cannot identify")):
+        msg = rf"X holds a file that could not be read as an image: {re.escape(repr(path))} .*{why}"
+        with pytest.raises(ValueError, match=msg):
+            ext.transform([good, path])
+        with pytest.raises(ValueError, match=msg):
+            _named(backbone="resnet18", weights=None).fit([good, path], [0, 1])
+    assert not ImageFile.LOAD_TRUNCATED_IMAGES
 
 
 @pytest.mark.parametrize("mode, pixels", [("I", [[0, 70000]]), ("F", [[-0.5, 2.0]])])
