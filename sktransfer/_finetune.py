@@ -386,8 +386,10 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like or list of paths
-            Images for a named backbone; what the module takes for a module.
+        X : array-like, or list or pandas Series of paths
+            Images for a named backbone, arrays of one size or image files of
+            any size (8-bit, or 16-bit grey); what the module takes for a
+            module.
         y : array-like of shape (n_samples,)
             Class labels.
 

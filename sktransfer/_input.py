@@ -16,7 +16,7 @@ from ._modules import scale_and_resize
 
 IMAGE_FORMS = (
     "(n, H, W) grey, (n, H, W, 3) uint8, (n, 3, H, W) float in [0, 1], "
-    "or a list of image file paths"
+    "or a list (or pandas Series) of image file paths"
 )
 
 
@@ -24,12 +24,48 @@ class ImagePaths(list):
     """A list of image file paths, read lazily batch by batch."""
 
 
-def _is_path_sequence(X):
-    if isinstance(X, (str, os.PathLike)) or not isinstance(X, (list, tuple, np.ndarray)):
-        return False
+def _paths_in(X):
+    """The paths in ``X``, or None where ``X`` holds anything else.
+
+    Paths come in a list, tuple or array, a pandas Series or a one-column
+    DataFrame.
+    """
+    if hasattr(X, "iloc") and getattr(X, "ndim", 0) == 2 and X.shape[1] == 1:
+        X = X.iloc[:, 0]
+    if hasattr(X, "iloc") and getattr(X, "ndim", 0) == 1:
+        X = X.to_numpy()
+    if not isinstance(X, (list, tuple, np.ndarray)):
+        return None
     if isinstance(X, np.ndarray) and X.dtype.kind not in "OU":
-        return False
-    return len(X) > 0 and all(isinstance(p, (str, os.PathLike)) for p in X)
+        return None
+    if len(X) > 0 and all(isinstance(p, (str, os.PathLike)) for p in X):
+        return list(X)
+    return None
+
+
+def _check_not_one_path(X):
+    """Refuse one path, of a file or a folder, where a list of paths belongs."""
+    if not isinstance(X, (str, os.PathLike)):
+        return
+    X = os.fspath(X)
+    if os.path.isdir(X):
+        raise ValueError(
+            f"X={X!r} is a folder; pass a list of the paths of its image files, e.g. "
+            f"sorted(glob.glob(os.path.join(X, '*.png')))."
+        )
+    raise ValueError(f"X={X!r} is a single path; pass a list of paths: [X].")
+
+
+def _check_one_shape(X, hint):
+    """Refuse a list of arrays of different shapes, which numpy cannot stack."""
+    if not isinstance(X, (list, tuple)) or not all(hasattr(x, "shape") for x in X):
+        return
+    shapes = list(dict.fromkeys(tuple(x.shape) for x in X))
+    if len(shapes) > 1:
+        raise ValueError(
+            f"X is a list of arrays of {len(shapes)} shapes, e.g. {shapes[0]} and "
+            f"{shapes[1]}; {hint}"
+        )
 
 
 def _check_paths(X):
@@ -61,8 +97,15 @@ def check_images(X, backbone):
     Returns :class:`ImagePaths` for paths, else an ``(n, C, H, W)`` view of
     the array, ``uint8`` or float in ``[0, 1]``, without copying it.
     """
-    if _is_path_sequence(X):
-        return _check_paths(X)
+    _check_not_one_path(X)
+    paths = _paths_in(X)
+    if paths is not None:
+        return _check_paths(paths)
+    _check_one_shape(
+        X,
+        "images in an array must share one size. Pass file paths for images of "
+        "different sizes, or resize them to one size.",
+    )
     X = _positive_strides(
         check_array(X, allow_nd=True, ensure_2d=False, dtype="numeric", input_name="X")
     )
@@ -86,11 +129,13 @@ def check_images(X, backbone):
 
 def check_module_input(estimator, X, reset):
     """Validate numeric input for a backbone given as a module."""
-    if _is_path_sequence(X):
+    paths = [X] if isinstance(X, (str, os.PathLike)) else _paths_in(X)
+    if paths is not None:
         raise ValueError(
-            "X is a list of file paths, which only a named image backbone reads; "
-            "a backbone given as a module takes numeric arrays."
+            f"X holds file paths (e.g. {os.fspath(paths[0])!r}), which only a named "
+            f"image backbone reads; a backbone given as a module takes numeric arrays."
         )
+    _check_one_shape(X, "a backbone given as a module takes one array of inputs of one shape.")
     if getattr(X, "ndim", 2) > 2:
         if reset:
             forget_feature_count(estimator)

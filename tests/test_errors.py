@@ -5,6 +5,7 @@ import re
 from urllib.error import URLError
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image, ImageFile
@@ -169,6 +170,28 @@ def test_paths_need_a_named_backbone(tmp_path, vectors):
         _named(backbone="resnet18", weights=None).fit(["a.png", "b.png"], [0, 1])
 
 
+def test_one_path_or_a_folder_as_X(images, tmp_path):
+    path = tmp_path / "cat.png"
+    Image.fromarray(images[0][0]).save(path)
+    ext = PretrainedFeatureExtractor(backbone="resnet18", weights=None, input_size=16)
+    msg = f"X={str(path)!r} is a single path; pass a list of paths: [X]."
+    for X in (str(path), path):
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            ext.fit(X)
+    msg = f"X={str(tmp_path)!r} is a folder; pass a list of the paths of its image files"
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        ext.fit(str(tmp_path))
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        _named(backbone="resnet18", weights=None).fit(tmp_path, [0])
+
+
+def test_paths_in_a_series_need_a_named_backbone(vectors):
+    msg = "X holds file paths (e.g. 'a.png'), which only a named image backbone reads"
+    for X in (pd.Series(["a.png", "b.png"]), pd.DataFrame({"path": ["a.png", "b.png"]}), "a.png"):
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            PretrainedFeatureExtractor(backbone=make_mlp()).fit(X)
+
+
 def _broken_files(images, folder):
     """A truncated PNG, a truncated JPEG and a text file, by their paths."""
     paths = []
@@ -208,6 +231,18 @@ def test_grey_files_out_of_their_range(tmp_path, mode, pixels):
     ext = PretrainedFeatureExtractor(backbone="resnet18", weights=None, input_size=16)
     with pytest.raises(ValueError, match=msg):
         ext.fit([path]).transform([path])
+
+
+def test_list_of_arrays_of_different_sizes(images):
+    X = [images[0][0], images[0][1][:15]]
+    msg = (
+        r"X is a list of arrays of 2 shapes, e.g. \(20, 20, 3\) and \(15, 20, 3\); images in "
+        r"an array must share one size. Pass file paths for images of different sizes"
+    )
+    with pytest.raises(ValueError, match=msg):
+        _named(backbone="resnet18", weights=None).fit(X, [0, 1])
+    with pytest.raises(ValueError, match=r"of 2 shapes.*takes one array of inputs of one shape"):
+        PretrainedFeatureExtractor(backbone=make_mlp()).fit([np.zeros(3), np.zeros(4)])
 
 
 def test_predict_checks_feature_count(vectors):

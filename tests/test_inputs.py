@@ -1,6 +1,7 @@
 """Image arrays in every accepted layout, file paths, and the extractor's output."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -136,6 +137,14 @@ def test_rgba_and_palette_files_read_as_their_rgb(photos, tmp_path):
     ext = _resnet().fit(paths)
     expected = ext.transform(np.stack([photos[0], np.asarray(palette.convert("RGB"))]))
     np.testing.assert_allclose(ext.transform(paths), expected, rtol=0, atol=1e-5)
+
+
+def test_paths_in_a_pandas_series_or_column(photos, tmp_path):
+    paths = _save(photos[:3], tmp_path)
+    ext = _resnet().fit(pd.Series(paths))
+    expected = ext.transform(paths)
+    np.testing.assert_array_equal(ext.transform(pd.Series(paths)), expected)
+    np.testing.assert_array_equal(ext.transform(pd.DataFrame({"path": paths})), expected)
 
 
 def test_transform_runs_in_eval_mode_in_batches(images):
