@@ -133,6 +133,7 @@ class PretrainedFeatureExtractor(
             body = self._load_backbone(X)
         body.requires_grad_(False)
         self.backbone_ = body.eval().to(self.device)
+        self._input_shape_ = self._module_input_shape(X)
         return self
 
     @property

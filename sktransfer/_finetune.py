@@ -505,6 +505,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         ]
         self.n_trainable_params_ = {row["phase"]: row["n_trainable_params"] for row in net.history}
         self._frozen_source_ = source if 0 < cut else None
+        self._input_shape_ = self._module_input_shape(X)
         return self
 
     def _cached(self, func, ignore=None):

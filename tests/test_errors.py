@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 from sklearn.utils._param_validation import InvalidParameterError
+from torch import nn
 from torchvision.models import ResNet18_Weights, get_model
 
 from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor
@@ -243,6 +244,31 @@ def test_list_of_arrays_of_different_sizes(images):
         _named(backbone="resnet18", weights=None).fit(X, [0, 1])
     with pytest.raises(ValueError, match=r"of 2 shapes.*takes one array of inputs of one shape"):
         PretrainedFeatureExtractor(backbone=make_mlp()).fit([np.zeros(3), np.zeros(4)])
+
+
+def _flat_cnn():
+    """Convolution, then a linear layer: takes images of one size only."""
+    return nn.Sequential(
+        nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()),
+        nn.Sequential(nn.Flatten(), nn.LazyLinear(5)),
+    )
+
+
+def test_module_predicts_on_input_of_the_fitted_shape(images):
+    X, y = images
+    X = (X.transpose(0, 3, 1, 2) / 255).astype(np.float32)[..., :8, :8]
+    larger = np.zeros((5, 3, 12, 12), dtype=np.float32)
+    msg = r"X has shape \(5, 3, 12, 12\), but {} was fitted on input of shape "
+    msg += r"\(n_samples, 3, 8, 8\)"
+    clf = FineTunedClassifier(backbone=_flat_cnn(), max_epochs=1, random_state=0).fit(X, y)
+    with pytest.raises(ValueError, match=msg.format("FineTunedClassifier")):
+        clf.predict(larger)
+    with pytest.raises(ValueError, match=r"X has shape \(5, 192\), but FineTunedClassifier"):
+        clf.predict(larger[:, :, :8, :8].reshape(5, -1))
+    ext = PretrainedFeatureExtractor(backbone=_flat_cnn(), random_state=0).fit(X)
+    with pytest.raises(ValueError, match=msg.format("PretrainedFeatureExtractor")):
+        ext.transform(larger)
+    assert clf.predict(X[:5]).shape == ext.transform(X[:5]).shape[:1] == (5,)
 
 
 def test_predict_checks_feature_count(vectors):
