@@ -194,7 +194,7 @@ def read_image(path):
         return torch.from_numpy(pixels.copy()).permute(2, 0, 1)
     top = _HIGH_DEPTH_MAX[mode]
     low, high = float(pixels.min()), float(pixels.max())
-    if low < 0 or high > top:
+    if not (low >= 0 and high <= top):  # NaN too
         raise ValueError(
             f"X holds {path!r}, a mode {mode!r} image with values in [{low:g}, {high:g}]; "
             f"images of that mode must lie in [0, {top:g}]. Save it as an 8-bit or "

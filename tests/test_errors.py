@@ -222,7 +222,9 @@ def test_unreadable_image_files_are_named(images, tmp_path):
     assert not ImageFile.LOAD_TRUNCATED_IMAGES
 
 
-@pytest.mark.parametrize("mode, pixels", [("I", [[0, 70000]]), ("F", [[-0.5, 2.0]])])
+@pytest.mark.parametrize(
+    "mode, pixels", [("I", [[0, 70000]]), ("F", [[-0.5, 2.0]]), ("F", [[np.nan, 0.5]])]
+)
 def test_grey_files_out_of_their_range(tmp_path, mode, pixels):
     path = str(tmp_path / "grey.tiff")
     Image.fromarray(np.array(pixels, dtype=np.int32 if mode == "I" else np.float32)).save(path)
