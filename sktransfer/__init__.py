@@ -1,8 +1,9 @@
 """Transfer learning as scikit-learn estimators."""
 
-from ._backbones import list_backbones
-from ._extractor import PretrainedFeatureExtractor
-from ._finetune import FineTunedClassifier
+__version__ = "0.1.0.dev0"
+
+from ._backbones import list_backbones  # noqa: E402
+from ._extractor import PretrainedFeatureExtractor  # noqa: E402
+from ._finetune import FineTunedClassifier  # noqa: E402
 
 __all__ = ["FineTunedClassifier", "PretrainedFeatureExtractor", "list_backbones"]
-__version__ = "0.1.0.dev0"

@@ -231,7 +231,20 @@ class BackboneMixin:
             if reset:
                 forget_feature_count(self)
             return check_images(X, self.backbone)
-        return check_module_input(self, X, reset=reset)
+        X = check_module_input(self, X, reset=reset)
+        fitted = getattr(self, "_input_shape_", None)  # None in pickles from before
+        if not reset and fitted is not None and X.shape[1:] != fitted:
+            raise ValueError(
+                f"X has shape {X.shape}, but {type(self).__name__} was fitted on "
+                f"input of shape (n_samples, {', '.join(map(str, fitted))}); the "
+                f"backbone module takes input of that shape."
+            )
+        return X
+
+    def _module_input_shape(self, X):
+        """What fit records of checked ``X`` for a module: its shape after the
+        sample axis, which predictions must have too; None for named backbones."""
+        return None if isinstance(self.backbone, str) else X.shape[1:]
 
     def _check_common_params(self):
         if not isinstance(self.backbone, str) and self.input_size is not None:

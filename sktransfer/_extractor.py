@@ -109,8 +109,10 @@ class PretrainedFeatureExtractor(
 
         Parameters
         ----------
-        X : array-like or list of paths
-            Images for a named backbone; what the module takes for a module.
+        X : array-like, or list or pandas Series of paths
+            Images for a named backbone, arrays of one size or image files of
+            any size (8-bit, or 16-bit grey); what the module takes for a
+            module.
         y : None
             Ignored.
 
@@ -127,6 +129,7 @@ class PretrainedFeatureExtractor(
                 body = self._load_backbone(X)
             body.requires_grad_(False)
             self.backbone_ = body.eval().to(self.device)
+            self._input_shape_ = self._module_input_shape(X)
         return self
 
     @property

@@ -24,6 +24,7 @@ from skorch.utils import TeeGenerator, to_tensor
 from torch import nn
 from torchvision.models import WeightsEnum
 
+from . import __version__ as sktransfer_version
 from ._backbones import list_backbones
 from ._compat import HasMethods, Interval, Options, validate_params
 from ._base import (
@@ -43,6 +44,7 @@ from ._freeze import block_param_groups, count_trainable
 from ._input import as_dataset, iter_batches
 from ._modules import TransferModule
 
+_VERSIONS = (sktransfer_version, torch.__version__)
 _OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 
 
@@ -396,8 +398,10 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like or list of paths
-            Images for a named backbone; what the module takes for a module.
+        X : array-like, or list or pandas Series of paths
+            Images for a named backbone, arrays of one size or image files of
+            any size (8-bit, or 16-bit grey); what the module takes for a
+            module.
         y : array-like of shape (n_samples,)
             Class labels.
 
@@ -536,6 +540,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         ]
         self.n_trainable_params_ = {row["phase"]: row["n_trainable_params"] for row in net.history}
         self._frozen_source_ = source if 0 < cut else None
+        self._input_shape_ = self._module_input_shape(X)
         return self
 
     def _cached(self, func, ignore=None):
@@ -571,7 +576,8 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
             pooled, activations = frozen_pass(body, X, cut, *options)
         else:
             cached = self._cached(frozen_pass, ignore=["body", "X", "device", "start"])
-            key = joblib.hash((source, data_key(X)))
+            # Versions too: another release may compute (or read files) otherwise.
+            key = joblib.hash((source, data_key(X), _VERSIONS))
             start = None
             if not cached.check_call_in_cache(body, X, cut, *options, key=key):
                 for k in range(cut - 1, 0, -1):

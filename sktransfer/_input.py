@@ -12,9 +12,11 @@ import torch
 from sklearn.utils import check_array
 from sklearn.utils.validation import validate_data
 
+from ._modules import scale_and_resize
+
 IMAGE_FORMS = (
     "(n, H, W) grey, (n, H, W, 3) uint8, (n, 3, H, W) float in [0, 1], "
-    "or a list of image file paths"
+    "or a list (or pandas Series) of image file paths"
 )
 
 
@@ -22,12 +24,48 @@ class ImagePaths(list):
     """A list of image file paths, read lazily batch by batch."""
 
 
-def _is_path_sequence(X):
-    if isinstance(X, (str, os.PathLike)) or not isinstance(X, (list, tuple, np.ndarray)):
-        return False
+def _paths_in(X):
+    """The paths in ``X``, or None where ``X`` holds anything else.
+
+    Paths come in a list, tuple or array, a pandas Series or a one-column
+    DataFrame.
+    """
+    if hasattr(X, "iloc") and getattr(X, "ndim", 0) == 2 and X.shape[1] == 1:
+        X = X.iloc[:, 0]
+    if hasattr(X, "iloc") and getattr(X, "ndim", 0) == 1:
+        X = X.to_numpy()
+    if not isinstance(X, (list, tuple, np.ndarray)):
+        return None
     if isinstance(X, np.ndarray) and X.dtype.kind not in "OU":
-        return False
-    return len(X) > 0 and all(isinstance(p, (str, os.PathLike)) for p in X)
+        return None
+    if len(X) > 0 and all(isinstance(p, (str, os.PathLike)) for p in X):
+        return list(X)
+    return None
+
+
+def _check_not_one_path(X):
+    """Refuse one path, of a file or a folder, where a list of paths belongs."""
+    if not isinstance(X, (str, os.PathLike)):
+        return
+    X = os.fspath(X)
+    if os.path.isdir(X):
+        raise ValueError(
+            f"X={X!r} is a folder; pass a list of the paths of its image files, e.g. "
+            f"sorted(glob.glob(os.path.join(X, '*.png')))."
+        )
+    raise ValueError(f"X={X!r} is a single path; pass a list of paths: [X].")
+
+
+def _check_one_shape(X, hint):
+    """Refuse a list of arrays of different shapes, which numpy cannot stack."""
+    if not isinstance(X, (list, tuple)) or not all(hasattr(x, "shape") for x in X):
+        return
+    shapes = list(dict.fromkeys(tuple(x.shape) for x in X))
+    if len(shapes) > 1:
+        raise ValueError(
+            f"X is a list of arrays of {len(shapes)} shapes, e.g. {shapes[0]} and "
+            f"{shapes[1]}; {hint}"
+        )
 
 
 def _check_paths(X):
@@ -59,8 +97,15 @@ def check_images(X, backbone):
     Returns :class:`ImagePaths` for paths, else an ``(n, C, H, W)`` view of
     the array, ``uint8`` or float in ``[0, 1]``, without copying it.
     """
-    if _is_path_sequence(X):
-        return _check_paths(X)
+    _check_not_one_path(X)
+    paths = _paths_in(X)
+    if paths is not None:
+        return _check_paths(paths)
+    _check_one_shape(
+        X,
+        "images in an array must share one size. Pass file paths for images of "
+        "different sizes, or resize them to one size.",
+    )
     X = _positive_strides(
         check_array(X, allow_nd=True, ensure_2d=False, dtype="numeric", input_name="X")
     )
@@ -84,11 +129,13 @@ def check_images(X, backbone):
 
 def check_module_input(estimator, X, reset):
     """Validate numeric input for a backbone given as a module."""
-    if _is_path_sequence(X):
+    paths = [X] if isinstance(X, (str, os.PathLike)) else _paths_in(X)
+    if paths is not None:
         raise ValueError(
-            "X is a list of file paths, which only a named image backbone reads; "
-            "a backbone given as a module takes numeric arrays."
+            f"X holds file paths (e.g. {os.fspath(paths[0])!r}), which only a named "
+            f"image backbone reads; a backbone given as a module takes numeric arrays."
         )
+    _check_one_shape(X, "a backbone given as a module takes one array of inputs of one shape.")
     if getattr(X, "ndim", 2) > 2:
         if reset:
             forget_feature_count(estimator)
@@ -115,11 +162,54 @@ def _positive_strides(X):
     return X.copy() if any(stride < 0 for stride in X.strides) else X
 
 
-_PIL_RESAMPLE = {"nearest": 0, "bilinear": 2, "bicubic": 3}
+# Pillow modes of more than 8 bits per pixel, which ``convert("RGB")`` clips
+# to 255: read as grey and divided by the top of their range.
+_HIGH_DEPTH_MAX = {
+    **dict.fromkeys(["I;16", "I;16B", "I;16L", "I;16N", "I"], 65535),
+    "F": 1.0,
+}
+
+
+def read_image(path):
+    """One image file as a ``(C, H, W)`` tensor at its own size.
+
+    8-bit images come as ``uint8`` RGB; 16-bit grey images (Pillow modes
+    ``"I;16"`` and ``"I"``) as float32 grey divided by 65535, and float
+    images (mode ``"F"``) as they are, which must lie in ``[0, 1]``. Files
+    that are not images, truncated or out of range raise a ValueError that
+    names them.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            mode = img.mode
+            pixels = np.asarray(img if mode in _HIGH_DEPTH_MAX else img.convert("RGB"))
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ValueError(
+            f"X holds a file that could not be read as an image: {path!r} "
+            f"({type(exc).__name__}: {exc})."
+        ) from exc
+    if mode not in _HIGH_DEPTH_MAX:
+        return torch.from_numpy(pixels.copy()).permute(2, 0, 1)
+    top = _HIGH_DEPTH_MAX[mode]
+    low, high = float(pixels.min()), float(pixels.max())
+    if not (low >= 0 and high <= top):  # NaN too
+        raise ValueError(
+            f"X holds {path!r}, a mode {mode!r} image with values in [{low:g}, {high:g}]; "
+            f"images of that mode must lie in [0, {top:g}]. Save it as an 8-bit or "
+            f"16-bit image."
+        )
+    return torch.from_numpy((pixels / top).astype(np.float32))[None]
 
 
 class ImagePathDataset(torch.utils.data.Dataset):
-    """Read, convert to RGB and resize one image per item, as ``uint8`` CHW."""
+    """Read one image file per item and resize it as arrays are resized.
+
+    Items are float32 ``(3, size, size)`` in ``[0, 1]``, from
+    :func:`scale_and_resize`, which :class:`ImagePreprocess` then only
+    normalises.
+    """
 
     def __init__(self, paths, size, interpolation, y=None):
         self.paths = paths
@@ -131,14 +221,8 @@ class ImagePathDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i):
-        from PIL import Image
-
-        with Image.open(self.paths[i]) as img:
-            img = img.convert("RGB").resize(
-                (self.size, self.size), _PIL_RESAMPLE[self.interpolation]
-            )
-            x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
-        return x, (0 if self.y is None else self.y[i])
+        x = scale_and_resize(read_image(self.paths[i])[None], self.size, self.interpolation)
+        return x[0], (0 if self.y is None else self.y[i])
 
 
 def as_dataset(X, preprocess, y=None):
@@ -164,7 +248,8 @@ def iter_batches(X, preprocess, batch_size, contiguous=False):
     training loop's collated batches are, for bit-for-bit equal results.
     """
     if isinstance(X, ImagePaths):
-        # A generator of its own: the loader's seed is not drawn from torch's global one.
+        # A loader draws a seed per pass: from a generator of its own, so that
+        # reading files leaves torch's RNG, which fit seeds, as arrays leave it.
         loader = torch.utils.data.DataLoader(
             as_dataset(X, preprocess), batch_size=batch_size, generator=torch.Generator()
         )

@@ -13,8 +13,8 @@ class ImagePreprocess(nn.Module):
     """Turn a batch of ``(n, C, H, W)`` images into what the weights expect.
 
     ``uint8`` input is scaled to ``[0, 1]``, one channel is repeated to three,
-    the images are resized to ``size`` x ``size`` and normalised with the
-    weights' mean and standard deviation.
+    the images are resized to ``size`` x ``size`` (:func:`scale_and_resize`)
+    and normalised with the weights' mean and standard deviation.
     """
 
     def __init__(self, size, mean, std, interpolation="bilinear"):
@@ -29,18 +29,29 @@ class ImagePreprocess(nn.Module):
         return (self.size, self.interpolation)
 
     def forward(self, x):
-        if x.dtype == torch.uint8:
-            x = x.to(torch.float32) / 255.0
-        else:
-            x = x.to(torch.float32)
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        if tuple(x.shape[-2:]) != (self.size, self.size):
-            antialias = self.interpolation in ("bilinear", "bicubic")
-            x = F.interpolate(
-                x, size=(self.size, self.size), mode=self.interpolation, antialias=antialias
-            )
+        x = scale_and_resize(x, self.size, self.interpolation)
         return (x - self.mean) / self.std
+
+
+def scale_and_resize(x, size, interpolation):
+    """``(n, C, H, W)`` images as float32 in ``[0, 1]``, 3 channels, ``size`` x ``size``.
+
+    The one resize of sktransfer, for arrays (in :class:`ImagePreprocess`) and
+    image files (when read) alike: ``uint8`` input is divided by 255, one
+    channel is repeated to three, and images of another size are resized by
+    ``F.interpolate``, antialiased for ``"bilinear"`` and ``"bicubic"``.
+    Float32 images of the right size pass through unchanged.
+    """
+    if x.dtype == torch.uint8:
+        x = x.to(torch.float32) / 255.0
+    else:
+        x = x.to(torch.float32)
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    if tuple(x.shape[-2:]) != (size, size):
+        antialias = interpolation in ("bilinear", "bicubic")
+        x = F.interpolate(x, size=(size, size), mode=interpolation, antialias=antialias)
+    return x
 
 
 def pool_features(x):

@@ -1,15 +1,19 @@
 """Bad input gets an error that names the parameter, the value and what is valid."""
 
+import os
 import re
 from urllib.error import URLError
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
-from sktransfer._compat import InvalidParameterError
+from PIL import Image, ImageFile
+from torch import nn
 from torchvision.models import ResNet18_Weights, get_model
 
 from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor
+from sktransfer._compat import InvalidParameterError
 
 from .conftest import make_mlp
 
@@ -165,6 +169,108 @@ def test_paths_need_a_named_backbone(tmp_path, vectors):
         FineTunedClassifier(backbone=make_mlp()).fit(["a.png", "b.png"], [0, 1])
     with pytest.raises(ValueError, match=r"2 paths that are not files, e.g. 'a.png'"):
         _named(backbone="resnet18", weights=None).fit(["a.png", "b.png"], [0, 1])
+
+
+def test_one_path_or_a_folder_as_X(images, tmp_path):
+    path = tmp_path / "cat.png"
+    Image.fromarray(images[0][0]).save(path)
+    ext = PretrainedFeatureExtractor(backbone="resnet18", weights=None, input_size=16)
+    msg = f"X={str(path)!r} is a single path; pass a list of paths: [X]."
+    for X in (str(path), path):
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            ext.fit(X)
+    msg = f"X={str(tmp_path)!r} is a folder; pass a list of the paths of its image files"
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        ext.fit(str(tmp_path))
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        _named(backbone="resnet18", weights=None).fit(tmp_path, [0])
+
+
+def test_paths_in_a_series_need_a_named_backbone(vectors):
+    msg = "X holds file paths (e.g. 'a.png'), which only a named image backbone reads"
+    for X in (pd.Series(["a.png", "b.png"]), pd.DataFrame({"path": ["a.png", "b.png"]}), "a.png"):
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            PretrainedFeatureExtractor(backbone=make_mlp()).fit(X)
+
+
+def _broken_files(images, folder):
+    """A truncated PNG, a truncated JPEG and a text file, by their paths."""
+    paths = []
+    for name, fmt in (("cut.png", "PNG"), ("cut.jpg", "JPEG")):
+        path = str(folder / name)
+        Image.fromarray(np.kron(images[0][0], np.ones((4, 4, 1), np.uint8))).save(path, fmt)
+        with open(path, "r+b") as file:
+            file.truncate(os.path.getsize(path) // 2)
+        paths.append(path)
+    paths.append(str(folder / "notes.png"))
+    with open(paths[-1], "w") as file:
+        file.write("not an image")
+    return paths
+
+
+def test_unreadable_image_files_are_named(images, tmp_path):
+    good = str(tmp_path / "good.png")
+    Image.fromarray(images[0][0]).save(good)
+    ext = PretrainedFeatureExtractor(backbone="resnet18", weights=None, input_size=16).fit([good])
+    cut_png, cut_jpg, text = _broken_files(images, tmp_path)
+    for path, why in ((cut_png, "truncated"), (cut_jpg, "truncated"), (text, "cannot identify")):
+        msg = rf"X holds a file that could not be read as an image: {re.escape(repr(path))} .*{why}"
+        with pytest.raises(ValueError, match=msg):
+            ext.transform([good, path])
+        with pytest.raises(ValueError, match=msg):
+            _named(backbone="resnet18", weights=None).fit([good, path], [0, 1])
+    assert not ImageFile.LOAD_TRUNCATED_IMAGES
+
+
+@pytest.mark.parametrize(
+    "mode, pixels", [("I", [[0, 70000]]), ("F", [[-0.5, 2.0]]), ("F", [[np.nan, 0.5]])]
+)
+def test_grey_files_out_of_their_range(tmp_path, mode, pixels):
+    path = str(tmp_path / "grey.tiff")
+    Image.fromarray(np.array(pixels, dtype=np.int32 if mode == "I" else np.float32)).save(path)
+    top = "65535" if mode == "I" else "1"
+    msg = rf"X holds {re.escape(repr(path))}, a mode '{mode}' image with values in .*; images "
+    msg += rf"of that mode must lie in \[0, {top}\]"
+    ext = PretrainedFeatureExtractor(backbone="resnet18", weights=None, input_size=16)
+    with pytest.raises(ValueError, match=msg):
+        ext.fit([path]).transform([path])
+
+
+def test_list_of_arrays_of_different_sizes(images):
+    X = [images[0][0], images[0][1][:15]]
+    msg = (
+        r"X is a list of arrays of 2 shapes, e.g. \(20, 20, 3\) and \(15, 20, 3\); images in "
+        r"an array must share one size. Pass file paths for images of different sizes"
+    )
+    with pytest.raises(ValueError, match=msg):
+        _named(backbone="resnet18", weights=None).fit(X, [0, 1])
+    with pytest.raises(ValueError, match=r"of 2 shapes.*takes one array of inputs of one shape"):
+        PretrainedFeatureExtractor(backbone=make_mlp()).fit([np.zeros(3), np.zeros(4)])
+
+
+def _flat_cnn():
+    """Convolution, then a linear layer: takes images of one size only."""
+    return nn.Sequential(
+        nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()),
+        nn.Sequential(nn.Flatten(), nn.LazyLinear(5)),
+    )
+
+
+def test_module_predicts_on_input_of_the_fitted_shape(images):
+    X, y = images
+    X = (X.transpose(0, 3, 1, 2) / 255).astype(np.float32)[..., :8, :8]
+    larger = np.zeros((5, 3, 12, 12), dtype=np.float32)
+    msg = r"X has shape \(5, 3, 12, 12\), but {} was fitted on input of shape "
+    msg += r"\(n_samples, 3, 8, 8\)"
+    clf = FineTunedClassifier(backbone=_flat_cnn(), max_epochs=1, random_state=0).fit(X, y)
+    with pytest.raises(ValueError, match=msg.format("FineTunedClassifier")):
+        clf.predict(larger)
+    with pytest.raises(ValueError, match=r"X has shape \(5, 192\), but FineTunedClassifier"):
+        clf.predict(larger[:, :, :8, :8].reshape(5, -1))
+    ext = PretrainedFeatureExtractor(backbone=_flat_cnn(), random_state=0).fit(X)
+    with pytest.raises(ValueError, match=msg.format("PretrainedFeatureExtractor")):
+        ext.transform(larger)
+    assert clf.predict(X[:5]).shape == ext.transform(X[:5]).shape[:1] == (5,)
 
 
 def test_predict_checks_feature_count(vectors):
