@@ -38,7 +38,7 @@ from _table import write_csv
 from torch import nn
 
 from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor
-from sktransfer._backbones import build_from_module, build_named
+from sktransfer.backbones import build
 from sktransfer._freeze import modules_kept_in_eval, set_trainable
 from sktransfer.datasets import fetch_fashion_mnist, make_transfer_classification
 
@@ -191,7 +191,7 @@ def main(argv=None):
     X_plain = np.ascontiguousarray(X.transpose(0, 3, 1, 2))
 
     def lite_body():
-        return build_named("efficientnet_lite0", "DEFAULT", 64)
+        return build("efficientnet_lite0", "DEFAULT", 64, None)
 
     rows = finetune_case(
         "CNN lite0 64px",
@@ -213,7 +213,7 @@ def main(argv=None):
     )
 
     def mlp_body():
-        return build_from_module(mlp, "DEFAULT", torch.as_tensor(Xv[:1]))
+        return build(mlp, "DEFAULT", None, lambda: torch.as_tensor(Xv[:1]))
 
     rows_mlp = finetune_case(
         "MLP [96, 48, 24]", mlp_body, mlp, Xv, yv, Xv, args.repeats, depth=3, epochs=10

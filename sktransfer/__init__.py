@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0.dev0"
 
-from ._backbones import list_backbones  # noqa: E402
+from .backbones import list_backbones  # noqa: E402
 from ._extractor import PretrainedFeatureExtractor  # noqa: E402
 from ._finetune import FineTunedClassifier  # noqa: E402
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from sklearn.utils import check_random_state
 
-from ._backbones import build_from_module, build_named
+from . import backbones
 from ._input import (
     ImagePaths,
     check_images,
@@ -226,8 +226,11 @@ class BackboneMixin:
             vars(self).update(before)
             raise
 
+    def _input_kind(self):
+        return backbones.input_kind(self.backbone)
+
     def _check_input(self, X, reset):
-        if isinstance(self.backbone, str):
+        if self._input_kind() == "images":
             if reset:
                 forget_feature_count(self)
             return check_images(X, self.backbone)
@@ -244,10 +247,10 @@ class BackboneMixin:
     def _module_input_shape(self, X):
         """What fit records of checked ``X`` for a module: its shape after the
         sample axis, which predictions must have too; None for named backbones."""
-        return None if isinstance(self.backbone, str) else X.shape[1:]
+        return None if self._input_kind() == "images" else X.shape[1:]
 
     def _check_common_params(self):
-        if not isinstance(self.backbone, str) and self.input_size is not None:
+        if self._input_kind() != "images" and self.input_size is not None:
             raise ValueError(
                 f"input_size={self.input_size!r} only applies to a named image backbone; "
                 f"a backbone given as a module takes its input as it is. Use "
@@ -263,11 +266,13 @@ class BackboneMixin:
     def _load_backbone(self, X, check_n_blocks=None):
         """Build the backbone's :class:`Body` with its weights, output size known,
         in the memory format asked for."""
-        if isinstance(self.backbone, str):
-            body = build_named(self.backbone, self.weights, self.input_size, check_n_blocks)
-        else:
-            sample = first_batch(X, None)
-            body = build_from_module(self.backbone, self.weights, sample, check_n_blocks)
+        body = backbones.build(
+            self.backbone,
+            self.weights,
+            self.input_size,
+            lambda: first_batch(X, None),
+            check_n_blocks,
+        )
         if self.channels_last:
             body.to(memory_format=torch.channels_last)
         return body

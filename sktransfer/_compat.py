@@ -70,6 +70,22 @@ class Options:
         return f"a str among {sorted(self.options)}"
 
 
+class BackboneName:
+    """A name that a backbone family knows: listed, or with a family's prefix."""
+
+    def is_satisfied_by(self, value):
+        from .backbones import is_backbone_name
+
+        return is_backbone_name(value)
+
+    def __str__(self):
+        from .backbones import NAMED_FAMILIES, list_backbones
+
+        prefixes = [f.PREFIX for f in NAMED_FAMILIES if getattr(f, "PREFIX", None)]
+        starting = "".join(f" or a str starting with {p!r}" for p in prefixes)
+        return f"a str among {list_backbones()}{starting}"
+
+
 class HasMethods:
     """An object with every one of ``methods``."""
 

@@ -9,8 +9,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 from torchvision.models import WeightsEnum
 
-from ._backbones import list_backbones
-from ._compat import Interval, Options, validate_params
+from ._compat import BackboneName, Interval, Options, validate_params
 from ._base import PRECISIONS, BackboneMixin, draw_seeds, embed, seeded_build
 
 
@@ -73,7 +72,7 @@ class PretrainedFeatureExtractor(
     """
 
     _parameter_constraints = {
-        "backbone": [Options(set(list_backbones())), nn.Sequential],
+        "backbone": [BackboneName(), nn.Sequential],
         "weights": [None, str, os.PathLike, WeightsEnum],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "input_size": [None, Interval(Integral, 1, None, closed="left")],

@@ -25,8 +25,7 @@ from torch import nn
 from torchvision.models import WeightsEnum
 
 from . import __version__ as sktransfer_version
-from ._backbones import list_backbones
-from ._compat import HasMethods, Interval, Options, validate_params
+from ._compat import BackboneName, HasMethods, Interval, Options, validate_params
 from ._base import (
     PRECISIONS,
     BackboneMixin,
@@ -323,7 +322,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
     """
 
     _parameter_constraints = {
-        "backbone": [Options(set(list_backbones())), nn.Sequential],
+        "backbone": [BackboneName(), nn.Sequential],
         "weights": [None, str, os.PathLike, WeightsEnum],
         "unfreeze_depth": [Interval(Integral, 0, None, closed="left"), Options({"all"})],
         "lr": [Interval(Real, 0, None, closed="neither")],

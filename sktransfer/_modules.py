@@ -61,13 +61,25 @@ def pool_features(x):
     return x.flatten(1)
 
 
-class Body(nn.Module):
-    """Preprocessing, then the ordered blocks, then pooling to ``(n, d)``."""
+class GlobalPool(nn.Module):
+    """:func:`pool_features` as a module."""
 
-    def __init__(self, blocks, preprocess=None):
+    def forward(self, x):
+        return pool_features(x)
+
+
+class Body(nn.Module):
+    """Preprocessing, then the ordered blocks, then pooling to ``(n, d)``.
+
+    ``pool`` takes the last block's output to features; by default it
+    averages feature maps globally (:func:`pool_features`).
+    """
+
+    def __init__(self, blocks, preprocess=None, pool=None):
         super().__init__()
         self.preprocess = preprocess if preprocess is not None else nn.Identity()
         self.blocks = nn.ModuleList(blocks)
+        self.pool = pool if pool is not None else GlobalPool()
         self.output_dim = None
         # Identifies the pretrained weights while they are as loaded; None
         # once any block may have trained, and for other weights.
@@ -80,7 +92,7 @@ class Body(nn.Module):
         """Pooled output for ``x``, the activations entering block ``start``."""
         for block in self.blocks[start:]:
             x = block(x)
-        return pool_features(x)
+        return self.pool(x)
 
     def infer_output_dim(self, sample):
         """Run ``sample`` once in eval mode, without gradients, to size the output.

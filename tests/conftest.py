@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from sktransfer import _backbones, _base
+from sktransfer import _base, backbones
 
 # The test networks are tiny: one thread is faster than two, and keeps the
 # suite fast when another process shares the two cores.
@@ -35,7 +35,7 @@ def make_cnn():
 def _fresh_backbones():
     """Each test loads its own weights and computes its own frozen outputs: no
     body or predicted input kept from another test."""
-    _backbones._PRISTINE.clear()
+    backbones.PRISTINE.clear()
     _base._RECENT.clear()
 
 

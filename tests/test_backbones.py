@@ -7,7 +7,7 @@ import pytest
 import torch
 from torchvision.models import ResNet18_Weights, get_model
 
-from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor, _backbones, list_backbones
+from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor, backbones, list_backbones
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -89,7 +89,7 @@ def test_weights_enum_goes_through_torchvision_download(monkeypatch, images, tmp
         "ResNet18_Weights.IMAGENET1K_V1",
         ResNet18_Weights.DEFAULT,
     ):
-        _backbones._PRISTINE.clear()
+        backbones.PRISTINE.clear()
         ext = PretrainedFeatureExtractor(backbone="resnet18", weights=weights, input_size=32).fit(X)
         assert torch.equal(ext.backbone_.blocks[0][0].weight, model.conv1.weight)
     assert urls == [ResNet18_Weights.IMAGENET1K_V1.url] * 4

@@ -48,9 +48,9 @@ def test_frozen_blocks_run_once_per_fit(images, monkeypatch):
     counts = {}
 
     # Count forward calls of each block of the copy fit makes.
-    from sktransfer import _backbones
+    from sktransfer.backbones import module as _module_family
 
-    build = _backbones.build_from_module
+    build = _module_family.build_body
 
     def counting_build(*args, **kwargs):
         body = build(*args, **kwargs)
@@ -58,7 +58,7 @@ def test_frozen_blocks_run_once_per_fit(images, monkeypatch):
             counts[i] = _count_calls(block)
         return body
 
-    monkeypatch.setattr("sktransfer._base.build_from_module", counting_build)
+    monkeypatch.setattr(_module_family, "build_body", counting_build)
     # 12 samples in batches of 4: 3 batches an epoch; 2 warm-up epochs, 3 more.
     # With the cache, one pass over the data (it also gives the linear probe
     # its features), then only the top block runs. Without it, the probe's
@@ -135,16 +135,16 @@ def test_memory_shares_frozen_outputs_across_candidates_and_folds(images, tmp_pa
 
 def _count_bottom_batches(monkeypatch):
     """Record every batch the bottom block of any fitted copy runs on."""
-    from sktransfer import _backbones
+    from sktransfer.backbones import module as _module_family
 
-    build, calls = _backbones.build_from_module, []
+    build, calls = _module_family.build_body, []
 
     def counting_build(*args, **kwargs):
         body = build(*args, **kwargs)
         body.blocks[0].register_forward_hook(lambda *args: calls.append(1))
         return body
 
-    monkeypatch.setattr("sktransfer._base.build_from_module", counting_build)
+    monkeypatch.setattr(_module_family, "build_body", counting_build)
     return calls
 
 

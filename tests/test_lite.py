@@ -6,7 +6,8 @@ import torch
 from skimage import data
 from torchvision.models import ResNet18_Weights
 
-from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor, _lite
+from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor
+from sktransfer.backbones import timm as _lite
 
 CATEGORIES = ResNet18_Weights.IMAGENET1K_V1.meta["categories"]  # ImageNet order
 
@@ -39,7 +40,9 @@ def test_real_photos_are_classified_sensibly(extractor, imagenet_state):
 
 
 def test_blocks_reproduce_the_timm_forward(extractor, imagenet_state):
-    model = _lite.build_model()
+    import timm
+
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     model.load_state_dict(imagenet_state, strict=True)
     image = data.coffee()[None]
     x = extractor.backbone_.preprocess(torch.as_tensor(image).permute(0, 3, 1, 2))

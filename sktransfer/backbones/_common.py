@@ -1,0 +1,191 @@
+"""What every family of named backbones shares: the spec, checkpoints, the build.
+
+A family turns a name into a :class:`BackboneSpec`; :func:`build_body` turns
+a spec and ``weights`` into a :class:`~sktransfer._modules.Body`: the
+architecture built, its ordered blocks taken out, the pretrained weights
+loaded (the original classifier left out), the pooling and preprocessing
+attached.
+"""
+
+import copy
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from .._input import file_stamp
+from .._modules import Body, ImagePreprocess
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Pretrained weights resolved by a family.
+
+    ``source`` identifies them (an enum member's name, or a file as it is
+    now, see :func:`file_stamp`); ``load()`` returns the state dict in the
+    layout of the architecture; ``meta`` is what the family's preprocessing
+    needs to know of them (e.g. a torchvision weights enum member).
+    """
+
+    source: object
+    load: Callable[[], Mapping]
+    meta: object = None
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One named backbone, as its family describes it.
+
+    Attributes
+    ----------
+    name : str
+        The name as the user wrote it (``"resnet18"``, ``"timm:convnext_atto"``).
+    input_kind : str
+        What the backbone takes: ``"images"``.
+    build_model : callable
+        ``build_model()`` returns the architecture, randomly initialised,
+        with its original classifier.
+    blocks : callable
+        ``blocks(model)`` returns the ordered blocks, input to output; called
+        before weights load, it must leave ``model`` as it is.
+    head_prefixes : tuple of str
+        State-dict key prefixes of the original classifier, which is dropped.
+    resolve_weights : callable
+        ``resolve_weights(weights)`` returns a :class:`Weights`, or None for
+        ``weights=None``; it raises ValueError for weights it does not know.
+    preprocessing : callable
+        ``preprocessing(model, resolved)`` returns ``size``, ``mean``, ``std``
+        and ``interpolation`` for the resolved weights (None: those the
+        pretrained weights would have, so that pretrained and scratch see the
+        same input).
+    pool : callable or None
+        ``pool(model)``, called once the weights are loaded, returns the
+        module from the last block's output to ``(n, d)`` features; None
+        averages feature maps globally.
+    """
+
+    name: str
+    input_kind: str
+    build_model: Callable[[], nn.Module]
+    blocks: Callable[[nn.Module], list]
+    head_prefixes: tuple
+    resolve_weights: Callable[[object], Optional[Weights]]
+    preprocessing: Callable[[nn.Module, Optional[Weights]], dict]
+    pool: Optional[Callable[[nn.Module], nn.Module]] = None
+
+
+def read_checkpoint(path):
+    """Load a state dict from ``path`` with ``weights_only=True``."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for unreadable files
+        raise ValueError(
+            f"weights={path!r} could not be read as a PyTorch state dict "
+            f"({type(exc).__name__}: {exc}). Pass a file written by "
+            f"torch.save(model.state_dict(), path)."
+        ) from exc
+    if not isinstance(state, Mapping) or not all(
+        isinstance(v, torch.Tensor) for v in state.values()
+    ):
+        raise ValueError(
+            f"weights={path!r} does not hold a state dict (a mapping of names to "
+            f"tensors) but a {type(state).__name__}. Pass a file written by "
+            f"torch.save(model.state_dict(), path)."
+        )
+    return state
+
+
+def checkpoint_weights(path, transform=None):
+    """:class:`Weights` read from the state-dict file ``path`` (renamed by ``transform``)."""
+
+    def load():
+        state = read_checkpoint(path)
+        return state if transform is None else transform(state)
+
+    return Weights(source=file_stamp(path), load=load)
+
+
+def load_strict(model, state, what, ignore_prefixes=()):
+    """Load ``state`` into ``model``; only keys under ``ignore_prefixes`` may differ."""
+    state = {k: v for k, v in state.items() if not k.startswith(ignore_prefixes)}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        raise ValueError(f"weights={what!r} does not fit the backbone: {exc}") from exc
+    missing = [k for k in missing if not k.startswith(ignore_prefixes)]
+    if missing or unexpected:
+        raise ValueError(
+            f"weights={what!r} does not fit the backbone: "
+            f"{len(missing)} missing keys {missing[:5]}, "
+            f"{len(unexpected)} unexpected keys {unexpected[:5]}."
+        )
+
+
+class PristineStore:
+    """Bodies built lately with pretrained weights, as loaded, locked for threads.
+
+    The next fit with the same backbone, weights and input size (a search's
+    next candidate) copies one instead of building the model and reading its
+    weights again.
+    """
+
+    def __init__(self, max_items=2):
+        self.max_items = max_items
+        self._items = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            if key not in self._items:
+                return None
+            self._items.move_to_end(key)
+            return copy.deepcopy(self._items[key])
+
+    def put(self, key, body):
+        with self._lock:
+            self._items[key] = copy.deepcopy(body)
+            while len(self._items) > self.max_items:
+                self._items.popitem(last=False)
+
+    def clear(self):
+        with self._lock:
+            self._items.clear()
+
+
+PRISTINE = PristineStore()
+
+
+def build_body(spec, weights, input_size, check_n_blocks=None):
+    """Build ``spec`` as a :class:`Body`, weights loaded, output size known.
+
+    ``check_n_blocks(n_blocks)`` runs before any weights are read. The body's
+    ``source`` identifies its pretrained weights (None for ``weights=None``).
+    """
+    resolved = spec.resolve_weights(weights)
+    key = None if resolved is None else (spec.name, resolved.source, input_size)
+    body = None if key is None else PRISTINE.get(key)
+    if body is not None:
+        if check_n_blocks is not None:
+            check_n_blocks(len(body.blocks))
+        return body
+    model = spec.build_model()
+    blocks = spec.blocks(model)
+    if check_n_blocks is not None:
+        check_n_blocks(len(blocks))
+    if resolved is not None:
+        what = weights if isinstance(weights, str) else str(resolved.source)
+        load_strict(model, resolved.load(), what, spec.head_prefixes)
+    preprocessing = spec.preprocessing(model, resolved)
+    preprocessing["size"] = input_size or preprocessing["size"]
+    pool = None if spec.pool is None else spec.pool(model)
+    body = Body(blocks, preprocess=ImagePreprocess(**preprocessing), pool=pool)
+    size = body.preprocess.size
+    body.infer_output_dim(torch.zeros(1, 3, size, size))
+    if key is not None:
+        body.source = (spec.name, resolved.source)
+        PRISTINE.put(key, body)
+    return body
