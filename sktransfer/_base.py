@@ -1,5 +1,6 @@
 """What both estimators share: input checks, backbone loading and seeding."""
 
+import copy
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -8,6 +9,7 @@ import joblib
 import numpy as np
 import torch
 from sklearn.utils import check_random_state
+from torch import nn
 
 from ._backbones import build_from_module, build_named
 from ._input import (
@@ -138,6 +140,59 @@ def weights_key(body):
     return joblib.hash((repr(body), config, state))
 
 
+class ModuleByContent:
+    """Pickles as ``module``, with its tensors as numpy arrays of their bytes.
+
+    Pickling a tensor the usual way writes its storage with ``torch.save``'s
+    legacy format, which names the storage by its memory address
+    (``storage._cdata``): ``joblib.hash`` of equal copies of a module differs.
+    Here the module pickles as a copy of itself in which each plain parameter
+    and buffer stands as its bytes, dtype, shape, device and ``requires_grad``,
+    so equal modules hash alike. The copy goes to the caller's pickler, so
+    ``joblib.hash`` treats it as any object (it does not memoise strings,
+    which equal copies share differently). Unpickling gives the module itself,
+    tied parameters still tied; other tensors (uninitialised lazy parameters)
+    pickle as usual.
+    """
+
+    def __init__(self, module):
+        self.module = module
+
+    def __reduce__(self):
+        tensors = (*self.module.parameters(), *self.module.buffers())
+        memo = {id(t): _TensorContent(t) for t in tensors if _plain_tensor(t)}
+        return _same, (copy.deepcopy(self.module, memo),)
+
+
+def _same(obj):
+    return obj
+
+
+def _plain_tensor(t):
+    plain = type(t) in (torch.Tensor, nn.Parameter) and t.layout == torch.strided
+    return plain and not (t.is_quantized or t.is_meta)
+
+
+class _TensorContent:
+    """Stands for ``tensor`` in a copy to pickle; unpickles as a tensor alike."""
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+
+    def __reduce__(self):
+        t = self.tensor
+        data = t.detach().cpu().reshape(-1).view(torch.uint8).numpy()
+        content = (t.dtype, tuple(t.shape), str(t.device), t.requires_grad)
+        return _tensor_from_content, (data, *content, type(t) is nn.Parameter)
+
+
+def _tensor_from_content(data, dtype, shape, device, requires_grad, parameter):
+    tensor = torch.from_numpy(np.array(data)).view(dtype).reshape(shape).to(device)
+    if parameter:
+        return nn.Parameter(tensor, requires_grad=requires_grad)
+    return tensor.requires_grad_(requires_grad)
+
+
 def data_key(X):
     """What identifies input data in a cache key: the array, or the files as they are."""
     if isinstance(X, ImagePaths):  # files rewritten in place must not hit the cache
@@ -185,6 +240,14 @@ def recent_pass(body, X, cut, source, batch_size, device, precision, channels_la
 
 class BackboneMixin:
     """Input checks and backbone loading for estimators with ``backbone``/``weights``."""
+
+    def __getstate__(self):
+        # joblib.hash pickles estimators (Pipeline(memory=...), searches): a
+        # module backbone pickles by content, so equal copies hash alike.
+        state = dict(super().__getstate__())
+        if isinstance(state.get("backbone"), nn.Module):
+            state["backbone"] = ModuleByContent(state["backbone"])
+        return state
 
     def _check_input(self, X, reset):
         if isinstance(self.backbone, str):
