@@ -151,6 +151,7 @@ def make_models(backbone, seed, n_jobs=1, memory=None):
         PARAM_GRID,
         cv=StratifiedKFold(n_splits=3, shuffle=True, random_state=seed),
         n_jobs=n_jobs,
+        error_score="raise",
     )
     features = PretrainedFeatureExtractor(backbone=backbone)
     logreg = LogisticRegression(max_iter=1000)
@@ -168,6 +169,7 @@ def fashion_models(seed, n_jobs=1, memory=None):
         LITE0_GRID,
         cv=StratifiedKFold(n_splits=3, shuffle=True, random_state=seed),
         n_jobs=n_jobs,
+        error_score="raise",
     )
     # Unscaled features: standardising them scored lower on this task.
     features = PretrainedFeatureExtractor(**LITE0)

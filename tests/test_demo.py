@@ -1,12 +1,11 @@
 """The README's demo runs end to end (in its quick form) and writes what it says."""
 
-import gzip
-
 import joblib
-import numpy as np
 import pandas as pd
 
 from sktransfer import datasets, demo
+
+from .conftest import write_fake_fashion_mnist
 
 
 def _check_outputs(folder, out, sizes, model_file):
@@ -30,23 +29,9 @@ def test_digits_demo_quick(tmp_path, capsys):
     assert model.score(X, y) > 0.5
 
 
-def _fake_fashion_mnist(folder):
-    """Tiny idx files in Fashion-MNIST's format: 8 training and 2 test images a class."""
-    rng = np.random.RandomState(0)
-    for split, n in (("train", 8), ("test", 2)):
-        images, labels = datasets._IDX_FILES[split]
-        y = np.repeat(np.arange(10, dtype=np.uint8), n)
-        X = rng.randint(0, 40, size=(len(y), 28, 28)).astype(np.uint8)
-        X[np.arange(len(y)), y, :] = 255  # a class-dependent stripe
-        with gzip.open(folder / images, "wb") as f:
-            f.write(bytes(16) + X.tobytes())
-        with gzip.open(folder / labels, "wb") as f:
-            f.write(bytes(8) + y.tobytes())
-
-
 def test_fashion_mnist_demo_quick_on_real_weights(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(datasets, "_DEBIAN_FASHION_MNIST", str(tmp_path / "absent"))
-    _fake_fashion_mnist(tmp_path)
+    write_fake_fashion_mnist(tmp_path)
     out_dir = tmp_path / "out"
     demo.main(["--data-home", str(tmp_path), "--quick", "--output-dir", str(out_dir)])
     out = capsys.readouterr().out
