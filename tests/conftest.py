@@ -3,13 +3,17 @@ import gzip
 import numpy as np
 import pytest
 import torch
+from threadpoolctl import threadpool_limits
 from torch import nn
 
 from sktransfer import _backbones, _base, datasets
 
 # The test networks are tiny: one thread is faster than two, and keeps the
-# suite fast when another process shares the two cores.
+# suite fast when another process shares the two cores. BLAS too: the linear
+# probe's LogisticRegression on two BLAS threads and one free core is many
+# times slower than on one.
 torch.set_num_threads(1)
+threadpool_limits(1)
 
 
 def make_mlp(n_in=None, widths=(16, 12, 8), bn=False):
