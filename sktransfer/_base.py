@@ -1,5 +1,6 @@
 """What both estimators share: input checks, backbone loading and seeding."""
 
+import copy
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -8,6 +9,7 @@ import joblib
 import numpy as np
 import torch
 from sklearn.utils import check_random_state
+from torch import nn
 
 from . import backbones
 from ._input import (
@@ -44,6 +46,13 @@ def draw_seeds(random_state, n):
     return [int(seed) for seed in rng.randint(np.iinfo(np.int32).max, size=n)]
 
 
+# torch's global generator is one per process: seeding it, restoring it and
+# building a model (module constructors and ``reset_parameters`` draw from
+# it, and take no generator) hold this lock, so that fits in threads neither
+# reseed nor draw from each other's stream while a model is built.
+_RNG_LOCK = threading.RLock()
+
+
 @contextmanager
 def torch_seed(seed):
     """Seed torch's global generator with ``seed``; the caller's state comes back after.
@@ -53,21 +62,21 @@ def torch_seed(seed):
     at once in threads share that generator.
     """
     cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=cuda):
+    fork = torch.random.fork_rng(devices=cuda)
+    with _RNG_LOCK:
+        fork.__enter__()
         torch.manual_seed(seed)
+    try:
         yield
-
-
-# Building a model initialises its weights from torch's global generator, the
-# only one that module constructors and ``reset_parameters`` take: builds hold
-# this lock so that fits in threads do not draw from each other's stream.
-_BUILD_LOCK = threading.RLock()
+    finally:
+        with _RNG_LOCK:
+            fork.__exit__(None, None, None)
 
 
 @contextmanager
 def seeded_build(seed):
     """Run a model build alone in the process, its random draws seeded by ``seed``."""
-    with _BUILD_LOCK, torch_seed(seed):
+    with _RNG_LOCK, torch_seed(seed):
         yield
 
 
@@ -161,6 +170,59 @@ def weights_key(body):
     return joblib.hash((repr(body), config, state))
 
 
+class ModuleByContent:
+    """Pickles as ``module``, with its tensors as numpy arrays of their bytes.
+
+    Pickling a tensor the usual way writes its storage with ``torch.save``'s
+    legacy format, which names the storage by its memory address
+    (``storage._cdata``): ``joblib.hash`` of equal copies of a module differs.
+    Here the module pickles as a copy of itself in which each plain parameter
+    and buffer stands as its bytes, dtype, shape, device and ``requires_grad``,
+    so equal modules hash alike. The copy goes to the caller's pickler, so
+    ``joblib.hash`` treats it as any object (it does not memoise strings,
+    which equal copies share differently). Unpickling gives the module itself,
+    tied parameters still tied; other tensors (uninitialised lazy parameters)
+    pickle as usual.
+    """
+
+    def __init__(self, module):
+        self.module = module
+
+    def __reduce__(self):
+        tensors = (*self.module.parameters(), *self.module.buffers())
+        memo = {id(t): _TensorContent(t) for t in tensors if _plain_tensor(t)}
+        return _same, (copy.deepcopy(self.module, memo),)
+
+
+def _same(obj):
+    return obj
+
+
+def _plain_tensor(t):
+    plain = type(t) in (torch.Tensor, nn.Parameter) and t.layout == torch.strided
+    return plain and not (t.is_quantized or t.is_meta)
+
+
+class _TensorContent:
+    """Stands for ``tensor`` in a copy to pickle; unpickles as a tensor alike."""
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+
+    def __reduce__(self):
+        t = self.tensor
+        data = t.detach().cpu().reshape(-1).view(torch.uint8).numpy()
+        content = (t.dtype, tuple(t.shape), str(t.device), t.requires_grad)
+        return _tensor_from_content, (data, *content, type(t) is nn.Parameter)
+
+
+def _tensor_from_content(data, dtype, shape, device, requires_grad, parameter):
+    tensor = torch.from_numpy(np.array(data)).view(dtype).reshape(shape).to(device)
+    if parameter:
+        return nn.Parameter(tensor, requires_grad=requires_grad)
+    return tensor.requires_grad_(requires_grad)
+
+
 def data_key(X):
     """What identifies input data in a cache key: the array, or the files as they are."""
     if isinstance(X, ImagePaths):  # files rewritten in place must not hit the cache
@@ -228,6 +290,14 @@ class BackboneMixin:
 
     def _input_kind(self):
         return backbones.input_kind(self.backbone)
+
+    def __getstate__(self):
+        # joblib.hash pickles estimators (Pipeline(memory=...), searches): a
+        # module backbone pickles by content, so equal copies hash alike.
+        state = dict(super().__getstate__())
+        if isinstance(state.get("backbone"), nn.Module):
+            state["backbone"] = ModuleByContent(state["backbone"])
+        return state
 
     def _check_input(self, X, reset):
         if self._input_kind() == "images":

@@ -24,8 +24,10 @@ Accuracies are means over seeds, each drawing other training images. Every numbe
 printed is measured in the run.
 
 ``python -m sktransfer.demo [--data auto|fashion-mnist|digits] [--quick]
-[--output-dir DIR]`` (or ``sktransfer-demo``) writes ``results.csv``, ``runs.csv``,
-``accuracy_vs_examples.png`` and the best fine-tuned model as a ``.joblib`` file.
+[--output-dir DIR] [--threads N]`` (or ``sktransfer-demo``) writes ``results.csv``,
+``runs.csv``, ``accuracy_vs_examples.png`` and the best fine-tuned model as a
+``.joblib`` file. Threads are left as torch and ``OMP_NUM_THREADS`` set them,
+unless ``--threads`` is given.
 """
 
 import argparse
@@ -43,6 +45,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
+from threadpoolctl import threadpool_limits
 from torch import nn
 
 from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor
@@ -95,7 +98,6 @@ class Task:
     sizes: tuple = (5, 20)
     seeds: tuple = (0, 1, 2)
     quick: tuple = ((0,), (5,))
-    threads: int = 2
     n_jobs: int = 1
 
 
@@ -151,6 +153,7 @@ def make_models(backbone, seed, n_jobs=1, memory=None):
         PARAM_GRID,
         cv=StratifiedKFold(n_splits=3, shuffle=True, random_state=seed),
         n_jobs=n_jobs,
+        error_score="raise",
     )
     features = PretrainedFeatureExtractor(backbone=backbone)
     logreg = LogisticRegression(max_iter=1000)
@@ -168,6 +171,7 @@ def fashion_models(seed, n_jobs=1, memory=None):
         LITE0_GRID,
         cv=StratifiedKFold(n_splits=3, shuffle=True, random_state=seed),
         n_jobs=n_jobs,
+        error_score="raise",
     )
     # Unscaled features: standardising them scored lower on this task.
     features = PretrainedFeatureExtractor(**LITE0)
@@ -188,8 +192,7 @@ def digits_task():
         sizes=(3, 5, 10, 20),
         seeds=(0, 1, 2, 3, 4),
         quick=((0,), (3, 5)),
-        threads=1,  # networks this small train fastest on one thread,
-        n_jobs=2,  # with the grid search in parallel
+        n_jobs=2,  # the grid search in parallel, one thread per process
     )
 
 
@@ -342,7 +345,16 @@ def parse_args(argv=None):
     parser.add_argument("--output-dir", type=Path, default=OUTPUT_DIR, help="folder of the outputs")
     parser.add_argument("--quick", action="store_true", help="1 seed, fewer sizes: a smoke test")
     parser.add_argument("--n-jobs", type=int, help="grid-search processes (default: the task's)")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="threads of torch and BLAS in this process (default: as torch and "
+        "OMP_NUM_THREADS set them); keep n-jobs x threads <= CPU cores",
+    )
+    args = parser.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads {args.threads}: use 1 or more")
+    return args
 
 
 def main(argv=None):
@@ -351,9 +363,11 @@ def main(argv=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        threadpool_limits(args.threads)  # BLAS too, for the logistic regressions
     start = time.perf_counter()
     task = load_task(args.data, args.data_home)
-    torch.set_num_threads(task.threads)
     seeds, sizes = task.quick if args.quick else (task.seeds, task.sizes)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     print(f"{task.name}: seeds {list(seeds)}, examples per class {list(sizes)}", flush=True)

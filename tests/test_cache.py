@@ -3,11 +3,13 @@
 import numpy as np
 import pytest
 from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import Pipeline
 
-from sktransfer import FineTunedClassifier
+from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor
 
-from .conftest import make_cnn
+from .conftest import make_cnn, make_mlp
 
 
 def _cnn_data(images):
@@ -207,3 +209,15 @@ def test_predict_with_memory_reuses_frozen_outputs_in_process(
     clf.predict(X[:3])
     assert len(_base._RECENT) == 1
     np.testing.assert_allclose(clf.predict_proba(X[5:]), plain.predict_proba(X[5:]), atol=1e-6)
+
+
+def test_pipeline_memory_hits_with_a_module_backbone(vectors, tmp_path):
+    # clone deep-copies the backbone; the copy must hash as the original does.
+    X, y = vectors
+    extractor = PretrainedFeatureExtractor(backbone=make_mlp(n_in=6), random_state=0)
+    pipe = Pipeline([("emb", extractor), ("clf", LogisticRegression())], memory=str(tmp_path))
+    expected = pipe.fit(X, y).predict_proba(X)
+    pipe.fit(X, y)
+    clone(pipe).fit(X, y)
+    assert len(list(tmp_path.rglob("_fit_transform_one*/*/output.pkl"))) == 1
+    np.testing.assert_array_equal(pipe.predict_proba(X), expected)

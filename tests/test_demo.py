@@ -1,12 +1,13 @@
 """The README's demo runs end to end (in its quick form) and writes what it says."""
 
-import gzip
-
 import joblib
-import numpy as np
 import pandas as pd
+import pytest
+import torch
 
 from sktransfer import datasets, demo
+
+from .conftest import write_fake_fashion_mnist
 
 
 def _check_outputs(folder, out, sizes, model_file):
@@ -21,7 +22,9 @@ def _check_outputs(folder, out, sizes, model_file):
 
 
 def test_digits_demo_quick(tmp_path, capsys):
+    threads = torch.get_num_threads()
     demo.main(["--data", "digits", "--quick", "--output-dir", str(tmp_path), "--n-jobs", "1"])
+    assert torch.get_num_threads() == threads
     model, results = _check_outputs(
         tmp_path, capsys.readouterr().out, [3, 5], "finetuned_digits.joblib"
     )
@@ -30,25 +33,13 @@ def test_digits_demo_quick(tmp_path, capsys):
     assert model.score(X, y) > 0.5
 
 
-def _fake_fashion_mnist(folder):
-    """Tiny idx files in Fashion-MNIST's format: 8 training and 2 test images a class."""
-    rng = np.random.RandomState(0)
-    for split, n in (("train", 8), ("test", 2)):
-        images, labels = datasets._IDX_FILES[split]
-        y = np.repeat(np.arange(10, dtype=np.uint8), n)
-        X = rng.randint(0, 40, size=(len(y), 28, 28)).astype(np.uint8)
-        X[np.arange(len(y)), y, :] = 255  # a class-dependent stripe
-        with gzip.open(folder / images, "wb") as f:
-            f.write(bytes(16) + X.tobytes())
-        with gzip.open(folder / labels, "wb") as f:
-            f.write(bytes(8) + y.tobytes())
-
-
 def test_fashion_mnist_demo_quick_on_real_weights(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(datasets, "_DEBIAN_FASHION_MNIST", str(tmp_path / "absent"))
-    _fake_fashion_mnist(tmp_path)
+    write_fake_fashion_mnist(tmp_path)
     out_dir = tmp_path / "out"
+    threads = torch.get_num_threads()
     demo.main(["--data-home", str(tmp_path), "--quick", "--output-dir", str(out_dir)])
+    assert torch.get_num_threads() == threads  # the user's setting, not the demo's
     out = capsys.readouterr().out
     assert "Fashion-MNIST, EfficientNet-Lite0 (ImageNet)" in out
     model, _ = _check_outputs(out_dir, out, [5], "finetuned_fashion_mnist.joblib")
@@ -62,3 +53,11 @@ def test_auto_falls_back_to_digits_without_fashion_mnist(tmp_path, monkeypatch, 
     monkeypatch.setattr(demo, "digits_task", lambda: "digits")
     assert demo.load_task("auto", str(tmp_path)) == "digits"
     assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().out
+
+
+def test_threads_option(capsys):
+    assert demo.parse_args(["--threads", "3"]).threads == 3
+    assert demo.parse_args([]).threads is None
+    with pytest.raises(SystemExit):
+        demo.parse_args(["--threads", "0"])
+    assert "--threads 0: use 1 or more" in capsys.readouterr().err

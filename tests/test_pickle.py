@@ -9,6 +9,8 @@ import textwrap
 import joblib
 import numpy as np
 import torch
+from sklearn.base import clone
+from torch import nn
 from torchvision.models import get_model
 
 from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor
@@ -97,3 +99,37 @@ def test_extractor_pickles(vectors):
     joblib.dump(ext, buffer)
     buffer.seek(0)
     np.testing.assert_array_equal(joblib.load(buffer).transform(X), ext.transform(X))
+
+
+def test_module_backbone_hashes_by_content():
+    from .conftest import make_mlp
+
+    for estimator in (
+        FineTunedClassifier(backbone=make_mlp(n_in=6)),
+        PretrainedFeatureExtractor(backbone=make_mlp(n_in=6)),
+    ):
+        copy = clone(estimator)
+        assert joblib.hash(copy) == joblib.hash(estimator)
+        with torch.no_grad():
+            copy.backbone[0][0].weight[0, 0] += 1
+        assert joblib.hash(copy) != joblib.hash(estimator)
+
+
+def test_unfitted_module_backbone_round_trips_through_pickle():
+    torch.manual_seed(0)
+    first, second = nn.Linear(4, 4), nn.Linear(4, 4)
+    second.weight = first.weight  # tied
+    first.bias.requires_grad_(False)
+    backbone = nn.Sequential(first, nn.ReLU(), second, nn.LazyLinear(3))
+    backbone.register_buffer("scale", torch.arange(3, dtype=torch.bfloat16))
+    estimator = PretrainedFeatureExtractor(backbone=backbone)
+    loaded = pickle.loads(pickle.dumps(estimator)).backbone
+    assert loaded[0].weight is loaded[2].weight
+    assert type(loaded[0].bias) is nn.Parameter and not loaded[0].bias.requires_grad
+    assert isinstance(loaded[3].weight, nn.parameter.UninitializedParameter)
+    for name in ("weight", "bias"):
+        assert torch.equal(getattr(loaded[0], name), getattr(first, name))
+    assert torch.equal(loaded.scale, backbone.scale) and loaded.scale.dtype == torch.bfloat16
+    assert joblib.hash(PretrainedFeatureExtractor(backbone=loaded)) == joblib.hash(estimator)
+    assert loaded(torch.zeros(2, 4)).shape == (2, 3)  # its lazy layer sizes itself
+    assert isinstance(backbone[3].weight, nn.parameter.UninitializedParameter)
