@@ -39,9 +39,10 @@ from ._base import (
     torch_seed,
     weights_key,
 )
-from ._freeze import block_param_groups, count_trainable
+from ._freeze import count_trainable
 from ._input import as_dataset, iter_batches
 from ._modules import TransferModule
+from ._strategy import Frozen, Scratch, UnfreezeTop
 
 _VERSIONS = (sktransfer_version, torch.__version__)
 _OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
@@ -140,36 +141,31 @@ def _set_head(head, coef, intercept):
 
 
 class _Recipe(Callback):
-    """Unfreeze the top ``depth`` blocks once ``warmup_epochs`` epochs are done.
+    """Move the module from strategy to strategy at the epochs of ``schedule``.
 
-    The unfrozen blocks join the optimizer as new parameter groups (fresh
-    optimizer state) at their own learning rates; the head keeps its group.
-    Each epoch's phase and number of trainable parameters go to the history.
+    The module starts with ``first``; ``schedule`` maps an epoch (1-based) to
+    the strategy that begins there, whose parameter groups join the
+    optimizer (fresh optimizer state) at their own learning rates while the
+    head keeps its group. Each epoch's phase and number of trainable
+    parameters go to the history.
     """
 
-    def __init__(self, warmup_epochs, depth, backbone_lr, layer_decay, train_bn, phase):
-        self.warmup_epochs = warmup_epochs
-        self.depth = depth
-        self.backbone_lr = backbone_lr
-        self.layer_decay = layer_decay
-        self.train_bn = train_bn
-        self.phase = phase
+    def __init__(self, first, schedule):
+        self.first = first
+        self.schedule = schedule
 
     def on_train_begin(self, net, **kwargs):
         self.n_trainable_ = count_trainable(net.module_)
 
     def on_epoch_begin(self, net, **kwargs):
         epoch = len(net.history)
-        module = net.module_
-        if epoch == self.warmup_epochs + 1:
-            module.set_trainable_depth(self.depth, self.train_bn)
-            groups = block_param_groups(
-                module.body.blocks, self.depth, self.backbone_lr, self.layer_decay
-            )
-            for group in groups:
+        strategy = self.schedule.get(epoch)
+        if strategy is not None:
+            for group in net.module_.use(strategy):
                 net.optimizer_.add_param_group(group)
-            self.n_trainable_ = count_trainable(module)  # the only change during training
-        phase = "warmup" if epoch <= self.warmup_epochs else self.phase
+            self.n_trainable_ = count_trainable(net.module_)  # changes only here
+        started = [e for e in self.schedule if e <= epoch]
+        phase = (self.schedule[max(started)] if started else self.first).phase
         net.history.record("phase", phase)
         net.history.record("n_trainable_params", self.n_trainable_)
 
@@ -493,20 +489,19 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
             body = self._load_backbone(X, check_n_blocks=self._check_unfreeze_depth)
         n_blocks = len(body.blocks)
         depth = self._trained_depth(n_blocks)
-        if scratch:
-            recipe = _Recipe(0, n_blocks, self.lr, 1.0, True, "scratch")
-        else:
-            recipe = _Recipe(
-                self.warmup_epochs, depth, self.backbone_lr, self.layer_decay, self.train_bn,
-                "finetune",
-            )
+        if scratch:  # one phase: every parameter from the first epoch
+            first, strategy, schedule = Scratch(), Scratch(), {}
+        else:  # the head alone, then the strategy
+            first = Frozen()
+            strategy = UnfreezeTop(depth, self.backbone_lr, self.layer_decay, self.train_bn)
+            schedule = {self.warmup_epochs + 1: strategy}
         head_generator = torch.Generator().manual_seed(head_seed)
-        module = TransferModule(body, n_classes=len(classes), generator=head_generator)
-        net = self._make_net(module, recipe, len(y), shuffle_seed)
+        module = TransferModule(body, len(classes), first, generator=head_generator)
+        net = self._make_net(module, _Recipe(first, schedule), len(y), shuffle_seed)
         cache_off = self._why_no_frozen_cache()
         if cache_off and self.verbose:
             print(f"{type(self).__name__}: frozen-feature cache off: {cache_off}.")
-        cut = n_blocks - depth
+        cut = strategy.cut(n_blocks)  # blocks below it never train
         with torch_seed(train_seed):
             # With memory, frozen outputs are shared by the key of the weights as loaded.
             source = None if cache_off or self.memory is None else weights_key(body)
@@ -539,6 +534,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         ]
         self.n_trainable_params_ = {row["phase"]: row["n_trainable_params"] for row in net.history}
         self._frozen_source_ = source if 0 < cut else None
+        self._frozen_cut_ = cut
         self._input_shape_ = self._module_input_shape(X)
         return self
 
@@ -634,7 +630,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
             return self.net_.predict_proba(as_dataset(X, module.body.preprocess))
         # The frozen blocks' outputs, shared with other models (the candidates
         # of a search scoring the same validation fold); then the rest.
-        cut = self.n_blocks_ - self.unfreeze_depth_
+        cut = self._frozen_cut_
         inputs = recent_pass(module.body, X, cut, source, *self._pass_options())
         stage = "pooled" if cut == self.n_blocks_ else cut
         module.eval()

@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._freeze import modules_kept_in_eval, set_trainable
 
 
 class ImagePreprocess(nn.Module):
@@ -123,37 +122,35 @@ def new_head(in_features, out_features, generator=None):
 
 
 class TransferModule(nn.Module):
-    """A :class:`Body` with a new linear head, and the freezing state.
+    """A :class:`Body` with a new linear head, trained as a strategy says.
 
-    Only the head trains until :meth:`set_trainable_depth` unfreezes blocks.
-    ``train()`` keeps frozen blocks, and BatchNorm unless ``train_bn``, in
-    eval mode.
+    :meth:`use` applies a strategy (see :mod:`sktransfer._strategy`): which
+    backbone parameters train, and which modules ``train()`` keeps in eval
+    mode (the preprocessing always).
 
     ``input_stage`` says what the input is: ``"raw"`` data, an int ``k`` for
     the activations entering block ``k`` (computed once by frozen blocks), or
     ``"pooled"`` backbone features.
     """
 
-    def __init__(self, body, n_classes, generator=None):
+    def __init__(self, body, n_classes, strategy, generator=None):
         super().__init__()
         self.body = body
         self.head = new_head(body.output_dim, n_classes, generator)
         self.input_stage = "raw"
-        self.set_trainable_depth(0, train_bn=False)
+        self.use(strategy)
 
-    def set_trainable_depth(self, depth, train_bn):
-        if depth:
-            self.body.source = None
-        set_trainable(self.body.blocks, depth, train_bn)
-        self._kept_in_eval = [
-            self.body.preprocess,
-            *modules_kept_in_eval(self.body.blocks, depth, train_bn),
-        ]
+    def use(self, strategy):
+        """Train the backbone as ``strategy`` says; return its parameter groups."""
+        groups = strategy.apply(self.body)
+        if any(p.requires_grad for p in self.body.parameters()):
+            self.body.source = None  # no longer the weights as loaded
+        self._kept_in_eval = [self.body.preprocess, *strategy.kept_in_eval(self.body)]
         self.train(self.training)
+        return groups
 
     def train(self, mode=True):
-        """``nn.Module.train``, then the frozen blocks (and BatchNorm unless
-        ``train_bn``) back in eval mode."""
+        """``nn.Module.train``, then the modules the strategy keeps in eval."""
         super().train(mode)
         if mode:
             for module in self._kept_in_eval:

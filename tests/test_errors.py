@@ -19,7 +19,7 @@ from .conftest import make_mlp
 
 
 def _named(**params):
-    return FineTunedClassifier(input_size=16, max_epochs=1, **params)
+    return FineTunedClassifier(input_size=16, max_epochs=2, **params)
 
 
 def test_unknown_backbone(images):
@@ -262,7 +262,7 @@ def test_module_predicts_on_input_of_the_fitted_shape(images):
     larger = np.zeros((5, 3, 12, 12), dtype=np.float32)
     msg = r"X has shape \(5, 3, 12, 12\), but {} was fitted on input of shape "
     msg += r"\(n_samples, 3, 8, 8\)"
-    clf = FineTunedClassifier(backbone=_flat_cnn(), max_epochs=1, random_state=0).fit(X, y)
+    clf = FineTunedClassifier(backbone=_flat_cnn(), max_epochs=2, random_state=0).fit(X, y)
     with pytest.raises(ValueError, match=msg.format("FineTunedClassifier")):
         clf.predict(larger)
     with pytest.raises(ValueError, match=r"X has shape \(5, 192\), but FineTunedClassifier"):
@@ -275,7 +275,7 @@ def test_module_predicts_on_input_of_the_fitted_shape(images):
 
 def test_predict_checks_feature_count(vectors):
     X, y = vectors
-    clf = FineTunedClassifier(backbone=make_mlp(), max_epochs=1).fit(X, y)
+    clf = FineTunedClassifier(backbone=make_mlp(), max_epochs=2).fit(X, y)
     with pytest.raises(
         ValueError, match="X has 5 features, but FineTunedClassifier is expecting 6"
     ):

@@ -64,7 +64,7 @@ def test_file_paths_are_read_lazily_and_match_arrays(images, tmp_path):
     ext = _extractor(batch_size=5).fit(paths)
     np.testing.assert_allclose(ext.transform(paths), ext.transform(X), atol=1e-5)
     clf = FineTunedClassifier(
-        backbone="mobilenet_v3_small", weights=None, input_size=20, max_epochs=1, random_state=0
+        backbone="mobilenet_v3_small", weights=None, input_size=20, max_epochs=2, random_state=0
     )
     proba_paths = clf.fit(paths, y).predict_proba(paths)
     np.testing.assert_allclose(proba_paths, clf.predict_proba(X), atol=1e-5)
@@ -169,7 +169,7 @@ def test_set_output_pandas(vectors):
 def test_cnn_module_takes_channels_first_arrays(images, dtype):
     X, y = images
     X = (X.transpose(0, 3, 1, 2) / 255).astype(dtype)
-    clf = FineTunedClassifier(backbone=make_cnn(), max_epochs=1, random_state=0).fit(X, y)
+    clf = FineTunedClassifier(backbone=make_cnn(), max_epochs=2, random_state=0).fit(X, y)
     assert not hasattr(clf, "n_features_in_")
     assert clf.predict_proba(X).shape == (12, 3)
     np.testing.assert_allclose(clf.predict_proba(X).sum(axis=1), 1, rtol=1e-6)

@@ -33,7 +33,8 @@ def _fit_cnn(images, **params):
 
 
 def test_warmup_leaves_backbone_bit_identical(images):
-    backbone, clf = _fit_cnn(images, warmup_epochs=3, max_epochs=3, unfreeze_depth=2)
+    with pytest.warns(UserWarning, match="no epoch is left after the warm-up"):
+        backbone, clf = _fit_cnn(images, warmup_epochs=3, max_epochs=3, unfreeze_depth=2)
     start = _state(backbone)
     for i, block in enumerate(clf.net_.module_.body.blocks):
         for key, value in block.state_dict().items():
@@ -120,7 +121,7 @@ def test_scratch_starts_from_other_weights_than_default(vectors):
     X, y = vectors
     backbone = make_mlp(n_in=6)
     start = _state(backbone)
-    common = {"backbone": backbone, "max_epochs": 1, "warmup_epochs": 1, "random_state": 0}
+    common = {"backbone": backbone, "unfreeze_depth": 0, "max_epochs": 1, "random_state": 0}
     pretrained = FineTunedClassifier(**common).fit(X, y)
     for i, block in enumerate(pretrained.net_.module_.body.blocks):
         assert torch.equal(block[0].weight, start[f"{i}.0.weight"])

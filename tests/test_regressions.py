@@ -16,7 +16,7 @@ def test_arrays_with_negative_strides(vectors, images):
     reversed_X = X[::-1]
     ext = PretrainedFeatureExtractor(backbone=make_mlp(), random_state=0).fit(reversed_X)
     np.testing.assert_allclose(ext.transform(reversed_X), ext.transform(X)[::-1], atol=1e-6)
-    clf = FineTunedClassifier(backbone=make_mlp(), max_epochs=1, random_state=0)
+    clf = FineTunedClassifier(backbone=make_mlp(), max_epochs=2, random_state=0)
     assert clf.fit(reversed_X, y[::-1]).predict(X[::-1]).shape == (len(X),)
     imgs, _ = images
     ext = PretrainedFeatureExtractor(backbone="mobilenet_v3_small", weights=None, input_size=20)
@@ -37,7 +37,7 @@ def test_last_batch_of_one_sample_with_batchnorm_training(params):
 
 def test_failed_refit_leaves_the_previous_fit_intact(vectors, tmp_path):
     X, y = vectors
-    clf = FineTunedClassifier(backbone=make_mlp(), max_epochs=1, random_state=0).fit(X, y)
+    clf = FineTunedClassifier(backbone=make_mlp(), max_epochs=2, random_state=0).fit(X, y)
     before = clf.predict(X)
     clf.set_params(weights=str(tmp_path / "missing.pth"))
     with pytest.raises(ValueError, match="is not an existing checkpoint file"):
@@ -48,7 +48,7 @@ def test_failed_refit_leaves_the_previous_fit_intact(vectors, tmp_path):
 
 def test_refit_on_images_forgets_the_feature_count(vectors, images):
     X, y = vectors
-    clf = FineTunedClassifier(backbone=make_cnn(), max_epochs=1)
+    clf = FineTunedClassifier(backbone=make_cnn(), max_epochs=2)
     clf.set_params(backbone=make_mlp()).fit(X, y)
     assert clf.n_features_in_ == 6
     imgs, labels = images
@@ -69,7 +69,7 @@ def test_unfreezing_every_block_caches_no_copy_of_the_input(images, capsys):
 
 def test_unpickled_net_keeps_its_module(vectors):
     X, y = vectors
-    clf = FineTunedClassifier(backbone=make_mlp(), max_epochs=1).fit(X, y)
+    clf = FineTunedClassifier(backbone=make_mlp(), max_epochs=2).fit(X, y)
     net = pickle.loads(pickle.dumps(clf)).net_
     assert net.module is net.module_
     assert isinstance(net.module_, torch.nn.Module)
