@@ -2,42 +2,15 @@
 
 import copy
 import threading
-from collections import OrderedDict
 from contextlib import contextmanager
 
-import joblib
 import numpy as np
 import torch
 from sklearn.utils import check_random_state
 from torch import nn
 
 from . import backbones
-from ._input import (
-    ImagePaths,
-    check_images,
-    check_module_input,
-    file_stamp,
-    first_batch,
-    forget_feature_count,
-    iter_batches,
-)
-
-PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@contextmanager
-def autocast(device, precision):
-    """``torch.autocast`` to the dtype of ``precision``; nothing for ``"float32"``."""
-    dtype = PRECISIONS[precision]
-    with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
-        yield
-
-
-def memory_format(x, channels_last):
-    """``x`` in channels-last memory format where asked and 4-D, else as it is."""
-    if channels_last and x.ndim == 4:
-        return x.contiguous(memory_format=torch.channels_last)
-    return x
+from ._input import check_images, check_module_input, first_batch, forget_feature_count
 
 
 def draw_seeds(random_state, n):
@@ -78,96 +51,6 @@ def seeded_build(seed):
     """Run a model build alone in the process, its random draws seeded by ``seed``."""
     with _RNG_LOCK, torch_seed(seed):
         yield
-
-
-def embed(body, X, batch_size, device, precision="float32", channels_last=False):
-    """Pooled features of ``X`` through ``body``, in eval mode, without gradients.
-
-    Batches keep the input's memory layout (channels-last images run faster).
-    """
-    cut = len(body.blocks)
-    return frozen_pass(
-        body, X, cut, batch_size, device, precision, channels_last, contiguous=False
-    )[0]
-
-
-def frozen_pass(
-    body,
-    X,
-    cut,
-    batch_size,
-    device,
-    precision="float32",
-    channels_last=False,
-    key=None,
-    contiguous=True,
-    start=None,
-    pooled=True,
-):
-    """Run the frozen part of ``body`` once over ``X``, in eval mode, no gradients.
-
-    Returns the pooled features of the whole (frozen) backbone, float32, and
-    the activations entering block ``cut``: None when ``cut`` is past the last
-    block, and when ``cut`` is 0 (they would be the preprocessed input, larger
-    than the data and no cheaper to train on). Activations are float16 with
-    ``precision="float16"``, float32 otherwise. ``key`` identifies the inputs
-    for ``joblib.Memory``; unused here. ``contiguous`` batches compute exactly
-    as the training loop's collated batches do.
-
-    ``start``, ``(k, pooled, activations)`` from an earlier pass over the same
-    ``X`` with ``0 < k <= cut``, continues that pass: only blocks ``k`` to
-    ``cut`` run. With ``pooled=False`` the blocks from ``cut`` up may have
-    trained: the pooled features are not computed (None), except at
-    ``cut == len(body.blocks)`` where they are what the frozen blocks give.
-    """
-    n_blocks = len(body.blocks)
-    stored = torch.float16 if precision == "float16" else torch.float32
-    if start is None:
-        begin, known = 0, None
-        batches = (
-            body.preprocess(memory_format(xb.to(device), channels_last))
-            for xb in iter_batches(X, body.preprocess, batch_size, contiguous=contiguous)
-        )
-    else:
-        begin, known, earlier = start
-        if begin == cut:
-            return known, earlier
-        batches = (  # stored float16 activations compute in float32 (or autocast)
-            memory_format(a.to(device), channels_last).float()
-            for a in iter_batches(earlier, None, batch_size)
-        )
-    want_pooled = known is None and (pooled or cut == n_blocks)
-    if not want_pooled and not 0 < cut < n_blocks:
-        return known, None
-    was_training = body.training
-    body.eval()
-    activations, features = [], []
-    with torch.no_grad(), autocast(device, precision):
-        for a in batches:
-            for block in body.blocks[begin:cut]:
-                a = block(a)
-            if 0 < cut < n_blocks:
-                activations.append(a.to(stored).cpu().numpy())
-            if want_pooled:
-                features.append(body.run_from(a, cut).float().cpu().numpy())
-    body.train(was_training)
-    features = np.concatenate(features) if want_pooled else known
-    return features, (np.concatenate(activations) if activations else None)
-
-
-def weights_key(body):
-    """Content hash of a backbone: architecture, weights and preprocessing.
-
-    Pretrained weights still as loaded are identified by their ``source`` (the
-    weights enum member, or the file's path, mtime and size); other weights
-    are hashed, as numpy arrays since ``joblib.hash`` of a tensor depends on
-    its memory address.
-    """
-    state = body.source
-    if state is None:
-        state = {k: v.detach().cpu().numpy() for k, v in body.state_dict().items()}
-    config = getattr(body.preprocess, "config", None)
-    return joblib.hash((repr(body), config, state))
 
 
 class ModuleByContent:
@@ -221,51 +104,6 @@ def _tensor_from_content(data, dtype, shape, device, requires_grad, parameter):
     if parameter:
         return nn.Parameter(tensor, requires_grad=requires_grad)
     return tensor.requires_grad_(requires_grad)
-
-
-def data_key(X):
-    """What identifies input data in a cache key: the array, or the files as they are."""
-    if isinstance(X, ImagePaths):  # files rewritten in place must not hit the cache
-        return [file_stamp(path) for path in X]
-    return X
-
-
-# The frozen outputs of the inputs predicted last by models with ``memory``:
-# in a search, every candidate scores the same validation folds.
-_RECENT = OrderedDict()
-_RECENT_LOCK = threading.Lock()
-RECENT_MAX_BYTES = 256 * 2**20
-
-
-def recent_pass(body, X, cut, source, batch_size, device, precision, channels_last):
-    """What the blocks below ``cut`` of ``body`` give for ``X``, kept in process.
-
-    The activations entering block ``cut``, or the pooled features when
-    ``cut`` is past the last block. ``source`` is the :func:`weights_key` of
-    the frozen blocks as they were before fitting: blocks below ``cut`` never
-    train, so models with the same backbone share the result. For each input,
-    outputs at several cuts are kept, and a higher cut continues from the
-    closest lower one. Inputs seen least recently go first once the outputs
-    take more than ``RECENT_MAX_BYTES``.
-    """
-    key = joblib.hash((source, batch_size, precision, channels_last, data_key(X)))
-    with _RECENT_LOCK:
-        entry = _RECENT.pop(key, {})
-        _RECENT[key] = entry
-        stored = entry.get(cut)
-        lower = max((k for k in entry if k < cut), default=None)
-        start = None if lower is None else (lower, None, entry[lower])
-    if stored is not None:
-        return stored
-    options = (batch_size, device, precision, channels_last)
-    pooled, activations = frozen_pass(body, X, cut, *options, start=start, pooled=False)
-    stored = pooled if cut == len(body.blocks) else activations
-    with _RECENT_LOCK:
-        entry[cut] = stored
-        size = sum(a.nbytes for e in _RECENT.values() for a in e.values())
-        while size > RECENT_MAX_BYTES and len(_RECENT) > 1:
-            size -= sum(a.nbytes for a in _RECENT.popitem(last=False)[1].values())
-    return stored
 
 
 def _fitted_attributes(estimator):
@@ -348,5 +186,6 @@ class BackboneMixin:
         return body
 
     def _pass_options(self):
-        """The arguments of :func:`frozen_pass` and :func:`embed` after ``device``."""
+        """The pass options of :mod:`sktransfer._cache`: batch size, device,
+        precision and channels-last."""
         return self.batch_size, self.device, self.precision, self.channels_last

@@ -10,7 +10,8 @@ from torch import nn
 from torchvision.models import WeightsEnum
 
 from ._compat import BackboneName, Interval, Options, validate_params
-from ._base import PRECISIONS, BackboneMixin, draw_seeds, embed, seeded_build
+from ._base import BackboneMixin, draw_seeds, seeded_build
+from ._cache import PRECISIONS, embed
 
 
 class PretrainedFeatureExtractor(

@@ -4,7 +4,6 @@ import os
 import warnings
 from numbers import Integral, Real
 
-import joblib
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -24,19 +23,14 @@ from skorch.utils import TeeGenerator, to_tensor
 from torch import nn
 from torchvision.models import WeightsEnum
 
-from . import __version__ as sktransfer_version
 from ._compat import BackboneName, HasMethods, Interval, Options, validate_params
-from ._base import (
+from ._base import BackboneMixin, draw_seeds, seeded_build, torch_seed
+from ._cache import (
+    FROZEN,
     PRECISIONS,
-    BackboneMixin,
     autocast,
-    data_key,
-    draw_seeds,
-    frozen_pass,
+    frozen_outputs,
     memory_format,
-    recent_pass,
-    seeded_build,
-    torch_seed,
     weights_key,
 )
 from ._freeze import count_trainable
@@ -44,7 +38,6 @@ from ._input import as_dataset, iter_batches
 from ._modules import TransferModule
 from ._strategy import Frozen, Scratch, UnfreezeTop
 
-_VERSIONS = (sktransfer_version, torch.__version__)
 _OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 
 
@@ -509,7 +502,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
             if not scratch and self.warmup == "linear_probe":
                 if frozen is None:  # the features the cache would hold, computed alike
                     body.to(self.device)
-                    features = frozen_pass(body, X, n_blocks, *self._pass_options())[0]
+                    features = frozen_outputs(body, X, n_blocks, *self._pass_options())[0]
                     coef, intercept = fit_probe(features, y)
                 else:  # candidates of a search on the same fold share the probe
                     coef, intercept = self._cached(fit_probe)(frozen[0], y)
@@ -568,18 +561,9 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         body.eval().to(self.device)
         options = self._pass_options()
         if self.memory is None:
-            pooled, activations = frozen_pass(body, X, cut, *options)
+            pooled, activations = frozen_outputs(body, X, cut, *options)
         else:
-            cached = self._cached(frozen_pass, ignore=["body", "X", "device", "start"])
-            # Versions too: another release may compute (or read files) otherwise.
-            key = joblib.hash((source, data_key(X), _VERSIONS))
-            start = None
-            if not cached.check_call_in_cache(body, X, cut, *options, key=key):
-                for k in range(cut - 1, 0, -1):
-                    if cached.check_call_in_cache(body, X, k, *options, key=key):
-                        start = (k, *cached(body, X, k, *options, key=key))
-                        break
-            pooled, activations = cached(body, X, cut, *options, key=key, start=start)
+            pooled, activations = FROZEN.fit_outputs(self.memory, body, X, cut, source, options)
         if self.verbose:
             size = (activations if activations is not None else pooled).nbytes / 2**20
             print(
@@ -631,7 +615,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         # The frozen blocks' outputs, shared with other models (the candidates
         # of a search scoring the same validation fold); then the rest.
         cut = self._frozen_cut_
-        inputs = recent_pass(module.body, X, cut, source, *self._pass_options())
+        inputs = FROZEN.predict_outputs(module.body, X, cut, source, self._pass_options())
         stage = "pooled" if cut == self.n_blocks_ else cut
         module.eval()
         logits = []

@@ -6,7 +6,7 @@ import torch
 from threadpoolctl import threadpool_limits
 from torch import nn
 
-from sktransfer import _base, backbones, datasets
+from sktransfer import clear_cache, datasets
 
 # The test networks are tiny: one thread is faster than two, and keeps the
 # suite fast when another process shares the two cores. BLAS too: the linear
@@ -55,8 +55,7 @@ def write_fake_fashion_mnist(folder):
 def _fresh_backbones():
     """Each test loads its own weights and computes its own frozen outputs: no
     body or predicted input kept from another test."""
-    backbones.PRISTINE.clear()
-    _base._RECENT.clear()
+    clear_cache()
 
 
 @pytest.fixture

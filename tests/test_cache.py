@@ -130,7 +130,7 @@ def test_memory_shares_frozen_outputs_across_candidates_and_folds(images, tmp_pa
     )
     # One frozen pass per (fold, cut) and one for the refit: 2 * 3 + 1, not 2 * 6 + 1;
     # one linear probe per fold and one for the refit.
-    passes = list(tmp_path.rglob("frozen_pass/*/output.pkl"))
+    passes = list(tmp_path.rglob("_frozen_outputs_by_key/*/output.pkl"))
     probes = list(tmp_path.rglob("fit_probe/*/output.pkl"))
     assert (len(passes), len(probes)) == (7, 3)
 
@@ -184,7 +184,7 @@ def test_memory_continues_passes_from_lower_cuts(
 def test_predict_with_memory_reuses_frozen_outputs_in_process(
     images, tmp_path, monkeypatch, unfreeze_depth
 ):
-    from sktransfer import _base
+    from sktransfer._cache import FROZEN
 
     X, y = _cnn_data(images)
     clf = FineTunedClassifier(
@@ -202,12 +202,12 @@ def test_predict_with_memory_reuses_frozen_outputs_in_process(
     np.testing.assert_allclose(clf.predict_proba(X[:5]), expected, atol=1e-6)
     np.testing.assert_allclose(clf.predict_proba(X[:5]), expected, atol=1e-6)
     assert len(calls) == 2  # 5 samples in batches of 4, once
-    assert len(_base._RECENT) == 1
+    assert len(FROZEN) == 1
     # Bounded: with no room, only the inputs predicted last are kept.
-    monkeypatch.setattr(_base, "RECENT_MAX_BYTES", 0)
+    monkeypatch.setattr(FROZEN, "max_bytes", 0)
     clf.predict(X[5:])
     clf.predict(X[:3])
-    assert len(_base._RECENT) == 1
+    assert len(FROZEN) == 1
     np.testing.assert_allclose(clf.predict_proba(X[5:]), plain.predict_proba(X[5:]), atol=1e-6)
 
 
@@ -221,3 +221,51 @@ def test_pipeline_memory_hits_with_a_module_backbone(vectors, tmp_path):
     clone(pipe).fit(X, y)
     assert len(list(tmp_path.rglob("_fit_transform_one*/*/output.pkl"))) == 1
     np.testing.assert_array_equal(pipe.predict_proba(X), expected)
+
+
+def test_clear_cache_forgets_loaded_backbones_and_predicted_outputs(images, tmp_path):
+    import torch
+    from torchvision.models import get_model
+
+    from sktransfer import backbones, clear_cache
+    from sktransfer._cache import FROZEN
+
+    X, y = images
+    path = tmp_path / "resnet18.pth"
+    torch.save(get_model("resnet18", weights=None).state_dict(), path)
+    clf = FineTunedClassifier(
+        backbone="resnet18", weights=str(path), input_size=20, max_epochs=2, memory=str(tmp_path)
+    ).fit(X, y)
+    clf.predict(X)
+    assert len(FROZEN) == 1 and len(backbones.PRISTINE) == 1
+    clear_cache()
+    assert len(FROZEN) == 0 and len(backbones.PRISTINE) == 0
+
+
+def test_disk_key_holds_the_library_versions(images, tmp_path, monkeypatch):
+    from sktransfer import _cache
+
+    X, y = _cnn_data(images)
+    params = {"backbone": make_cnn(), "unfreeze_depth": 1, "max_epochs": 2, "memory": str(tmp_path)}
+    FineTunedClassifier(**params).fit(X, y)
+    FineTunedClassifier(**params).fit(X, y)
+    assert len(list(tmp_path.rglob("_frozen_outputs_by_key/*/output.pkl"))) == 1
+    monkeypatch.setattr(_cache, "VERSIONS", ("another", "release"))
+    FineTunedClassifier(**params).fit(X, y)
+    assert len(list(tmp_path.rglob("_frozen_outputs_by_key/*/output.pkl"))) == 2
+
+
+def test_weights_key_hashes_bfloat16_weights_by_content():
+    import copy
+
+    import torch
+
+    from sktransfer._cache import weights_key
+    from sktransfer._modules import Body
+
+    body = Body([torch.nn.Linear(3, 4).to(torch.bfloat16)])
+    twin = copy.deepcopy(body)
+    assert weights_key(body) == weights_key(twin)
+    with torch.no_grad():
+        twin.blocks[0].weight[0, 0] += 1
+    assert weights_key(body) != weights_key(twin)

@@ -9,7 +9,7 @@ from sktransfer._compat import InvalidParameterError
 from torch import nn
 
 from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor
-from sktransfer._base import frozen_pass
+from sktransfer._cache import frozen_outputs
 
 from .conftest import make_cnn
 
@@ -78,8 +78,8 @@ def test_mixed_precision_trains_in_that_dtype(images, precision, frozen_cache):
 def test_float16_cache_holds_half_the_bytes(images):
     X, y = _cnn_data(images)
     body = FineTunedClassifier(backbone=make_cnn())._load_backbone(X)
-    pooled32, acts32 = frozen_pass(body, X, 2, 4, "cpu")
-    pooled16, acts16 = frozen_pass(body, X, 2, 4, "cpu", precision="float16")
+    pooled32, acts32 = frozen_outputs(body, X, 2, 4, "cpu")
+    pooled16, acts16 = frozen_outputs(body, X, 2, 4, "cpu", precision="float16")
     assert acts32.dtype == np.float32 and acts16.dtype == np.float16
     assert acts16.nbytes * 2 == acts32.nbytes
     assert pooled16.dtype == np.float32

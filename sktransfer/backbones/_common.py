@@ -151,6 +151,9 @@ class PristineStore:
             while len(self._items) > self.max_items:
                 self._items.popitem(last=False)
 
+    def __len__(self):
+        return len(self._items)
+
     def clear(self):
         with self._lock:
             self._items.clear()

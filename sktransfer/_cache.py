@@ -1,0 +1,259 @@
+"""The frozen-feature cache: frozen blocks run once over the data, their outputs kept.
+
+Blocks below the strategy's cut never train, run in eval mode and see no
+random augmentation, so their outputs are computed once and reused:
+
+- within one fit, the training loop trains on them (:func:`frozen_outputs`);
+- with ``memory``, on disk across fits (:meth:`FrozenStore.fit_outputs`):
+  the candidates of a search with the same backbone, weights and training
+  data share them; a pass to a higher cut continues a stored lower one;
+- in process, for the inputs predicted last by models with ``memory``
+  (:meth:`FrozenStore.predict_outputs`): the candidates of a search score
+  each validation fold from the same outputs.
+
+``FROZEN`` is the one store; :func:`clear_cache` empties it and the store of
+loaded backbones.
+"""
+
+import threading
+from collections import OrderedDict
+from contextlib import contextmanager
+
+import joblib
+import numpy as np
+import torch
+from sklearn.utils.validation import check_memory
+
+from . import __version__
+from ._input import ImagePaths, file_stamp, iter_batches
+
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# In disk keys: another release may compute (or read files) otherwise.
+VERSIONS = (__version__, torch.__version__)
+
+
+@contextmanager
+def autocast(device, precision):
+    """``torch.autocast`` to the dtype of ``precision``; nothing for ``"float32"``."""
+    dtype = PRECISIONS[precision]
+    with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
+        yield
+
+
+def memory_format(x, channels_last):
+    """``x`` in channels-last memory format where asked and 4-D, else as it is."""
+    if channels_last and x.ndim == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def _input_batches(body, X, batch_size, device, channels_last, contiguous):
+    """Preprocessed batches of ``X``; ``contiguous`` ones compute exactly as the
+    training loop's collated batches do."""
+    for xb in iter_batches(X, body.preprocess, batch_size, contiguous=contiguous):
+        yield body.preprocess(memory_format(xb.to(device), channels_last))
+
+
+def _stored_batches(activations, batch_size, device, channels_last):
+    """Batches of stored activations; float16 ones compute in float32 (or autocast)."""
+    for a in iter_batches(activations, None, batch_size):
+        yield memory_format(a.to(device), channels_last).float()
+
+
+def run_blocks(body, batches, begin, end, device, precision, keep, finish):
+    """Run blocks ``begin`` to ``end - 1`` of ``body`` over ``batches``.
+
+    In eval mode, without gradients. Returns ``(activations, pooled)``: the
+    activations leaving block ``end - 1`` where ``keep`` (float16 with
+    ``precision="float16"``, float32 otherwise), and where ``finish`` the
+    pooled float32 features after the remaining blocks and the pooling; None
+    otherwise.
+    """
+    stored = torch.float16 if precision == "float16" else torch.float32
+    was_training = body.training
+    body.eval()
+    activations, pooled = [], []
+    with torch.no_grad(), autocast(device, precision):
+        for a in batches:
+            for block in body.blocks[begin:end]:
+                a = block(a)
+            if keep:
+                activations.append(a.to(stored).cpu().numpy())
+            if finish:
+                pooled.append(body.run_from(a, end).float().cpu().numpy())
+    body.train(was_training)
+    return (
+        np.concatenate(activations) if keep else None,
+        np.concatenate(pooled) if finish else None,
+    )
+
+
+def embed(body, X, batch_size, device, precision="float32", channels_last=False):
+    """Pooled features of ``X`` through the whole ``body``.
+
+    Batches keep the input's memory layout (channels-last images run faster).
+    """
+    batches = _input_batches(body, X, batch_size, device, channels_last, contiguous=False)
+    return run_blocks(body, batches, 0, 0, device, precision, keep=False, finish=True)[1]
+
+
+def frozen_outputs(
+    body, X, cut, batch_size, device, precision="float32", channels_last=False, start=None
+):
+    """What a fit trains on: ``(pooled, activations)`` of ``X``.
+
+    ``pooled``: the features of the whole frozen backbone (for the linear
+    probe and the warm-up). ``activations``: those entering block ``cut``,
+    None unless ``0 < cut < n_blocks`` (at 0 they would be the preprocessed
+    input, larger than the data and no cheaper to train on).
+
+    ``start``, ``(k, pooled, activations)`` from a pass over the same ``X``
+    to a cut ``0 < k <= cut``, continues it: only blocks ``k`` to ``cut`` run.
+    """
+    n_blocks = len(body.blocks)
+    keep = 0 < cut < n_blocks
+    if start is None:
+        batches = _input_batches(body, X, batch_size, device, channels_last, contiguous=True)
+        activations, pooled = run_blocks(body, batches, 0, cut, device, precision, keep, True)
+        return pooled, activations
+    begin, pooled, earlier = start
+    if begin == cut or not keep:
+        return pooled, earlier if keep else None
+    batches = _stored_batches(earlier, batch_size, device, channels_last)
+    return pooled, run_blocks(body, batches, begin, cut, device, precision, True, False)[0]
+
+
+def _frozen_outputs_by_key(
+    body, X, cut, batch_size, device, precision, channels_last, key, start=None
+):
+    """:func:`frozen_outputs` for ``joblib.Memory``, which ignores ``body``,
+    ``X``, ``device`` and ``start``: ``key`` stands for body and data."""
+    return frozen_outputs(body, X, cut, batch_size, device, precision, channels_last, start)
+
+
+def _tensor_bytes(tensor):
+    data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+    return str(tensor.dtype), tuple(tensor.shape), data
+
+
+def weights_key(body):
+    """Content hash of a backbone: architecture, weights and preprocessing.
+
+    Pretrained weights still as loaded are identified by their ``source`` (the
+    weights enum member, or the file's path, mtime and size); other weights
+    are hashed by their bytes, dtype and shape (``joblib.hash`` of a tensor
+    depends on its memory address).
+    """
+    state = body.source
+    if state is None:
+        state = {k: _tensor_bytes(v) for k, v in body.state_dict().items()}
+    config = getattr(body.preprocess, "config", None)
+    return joblib.hash((repr(body), config, state))
+
+
+def data_key(X):
+    """What identifies input data in a cache key: the array, or the files as they are."""
+    if isinstance(X, ImagePaths):  # files rewritten in place must not hit the cache
+        return [file_stamp(path) for path in X]
+    return X
+
+
+class FrozenStore:
+    """Frozen outputs kept across fits: on disk with ``memory``, in process for predictions.
+
+    The in-process part keeps, for the inputs predicted last, what the blocks
+    below each cut give; inputs seen least recently go first once the
+    outputs take more than ``max_bytes``. It is locked for threads.
+    """
+
+    def __init__(self, max_bytes=256 * 2**20):
+        self.max_bytes = max_bytes
+        self._recent = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self):
+        return len(self._recent)
+
+    def clear(self):
+        """Forget the outputs kept in process (the disk cache is ``memory``'s)."""
+        with self._lock:
+            self._recent.clear()
+
+    def fit_outputs(self, memory, body, X, cut, source, options):
+        """:func:`frozen_outputs` kept by ``memory`` (a folder or ``joblib.Memory``).
+
+        The key is ``source`` (:func:`weights_key` of the weights as loaded),
+        the data, the cut, ``options`` (batch size, device, precision,
+        channels-last) and the library versions. A pass to a cut with nothing
+        stored continues the stored pass to the closest lower cut.
+        """
+        cached = check_memory(memory).cache(
+            _frozen_outputs_by_key, ignore=["body", "X", "device", "start"]
+        )
+        key = joblib.hash((source, data_key(X), VERSIONS))
+        start = None
+        if not cached.check_call_in_cache(body, X, cut, *options, key=key):
+            for k in range(cut - 1, 0, -1):
+                if cached.check_call_in_cache(body, X, k, *options, key=key):
+                    start = (k, *cached(body, X, k, *options, key=key))
+                    break
+        return cached(body, X, cut, *options, key=key, start=start)
+
+    def predict_outputs(self, body, X, cut, source, options):
+        """What the blocks below ``cut`` give for ``X``: the activations
+        entering block ``cut``, or the pooled features at the last cut.
+
+        ``source`` is the :func:`weights_key` of the frozen blocks as loaded:
+        blocks below ``cut`` never train, so models with the same backbone
+        share the result. A cut continues the closest lower one kept.
+        """
+        batch_size, device, precision, channels_last = options
+        key = joblib.hash((source, batch_size, precision, channels_last, data_key(X)))
+        with self._lock:
+            entry = self._recent.pop(key, {})
+            self._recent[key] = entry
+            stored = entry.get(cut)
+            lower = max((k for k in entry if k < cut), default=None)
+        if stored is not None:
+            return stored
+        n_blocks = len(body.blocks)
+        if lower is None:
+            batches = _input_batches(body, X, batch_size, device, channels_last, contiguous=True)
+            begin = 0
+        else:
+            batches = _stored_batches(entry[lower], batch_size, device, channels_last)
+            begin = lower
+        last = cut == n_blocks
+        activations, pooled = run_blocks(
+            body, batches, begin, cut, device, precision, keep=not last, finish=last
+        )
+        stored = pooled if last else activations
+        with self._lock:
+            entry[cut] = stored
+            size = sum(a.nbytes for e in self._recent.values() for a in e.values())
+            while size > self.max_bytes and len(self._recent) > 1:
+                size -= sum(a.nbytes for a in self._recent.popitem(last=False)[1].values())
+        return stored
+
+
+FROZEN = FrozenStore()
+
+
+def clear_cache():
+    """Forget the backbones and frozen outputs kept in this process.
+
+    sktransfer keeps the last pretrained backbones it loaded (so that the
+    next candidate of a search copies one instead of reading its weights
+    again) and the frozen blocks' outputs for the inputs predicted last by
+    models fitted with ``memory``. This frees them; a ``memory`` folder on
+    disk is cleared with ``joblib.Memory(folder).clear()``.
+
+    Examples
+    --------
+    >>> from sktransfer import clear_cache
+    >>> clear_cache()
+    """
+    from .backbones import PRISTINE
+
+    PRISTINE.clear()
+    FROZEN.clear()
