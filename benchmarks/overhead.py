@@ -38,8 +38,8 @@ from _table import write_csv
 from torch import nn
 
 from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor
-from sktransfer.backbones import build
 from sktransfer._freeze import modules_kept_in_eval, set_trainable
+from sktransfer.backbones import build
 from sktransfer.datasets import fetch_fashion_mnist, make_transfer_classification
 
 # The plain loop warms a random head up: compare with the same warm-up.

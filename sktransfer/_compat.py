@@ -10,7 +10,7 @@ checks an estimator's parameters against them at the start of ``fit``.
 """
 
 import math
-from numbers import Integral, Real
+from numbers import Integral
 
 import numpy as np
 

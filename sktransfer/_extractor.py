@@ -9,9 +9,9 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 from torchvision.models import WeightsEnum
 
-from ._compat import BackboneName, Interval, Options, validate_params
 from ._base import BackboneMixin, draw_seeds, seeded_build
 from ._cache import PRECISIONS, embed
+from ._compat import BackboneName, Interval, Options, validate_params
 
 
 class PretrainedFeatureExtractor(

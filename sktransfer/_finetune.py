@@ -23,7 +23,6 @@ from skorch.utils import TeeGenerator, to_tensor
 from torch import nn
 from torchvision.models import WeightsEnum
 
-from ._compat import BackboneName, HasMethods, Interval, Options, validate_params
 from ._base import BackboneMixin, draw_seeds, seeded_build, torch_seed
 from ._cache import (
     FROZEN,
@@ -33,6 +32,7 @@ from ._cache import (
     memory_format,
     weights_key,
 )
+from ._compat import BackboneName, HasMethods, Interval, Options, validate_params
 from ._freeze import count_trainable
 from ._input import as_dataset, iter_batches
 from ._modules import TransferModule
@@ -474,47 +474,34 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         return net
 
     def _fit(self, X, y, classes):
-        scratch = self.weights is None
         # One stream each: weights built, head, shuffling, and what training
         # draws from torch's global generator (dropout).
         build_seed, head_seed, shuffle_seed, train_seed = draw_seeds(self.random_state, 4)
         with seeded_build(build_seed):
             body = self._load_backbone(X, check_n_blocks=self._check_unfreeze_depth)
-        n_blocks = len(body.blocks)
-        depth = self._trained_depth(n_blocks)
-        if scratch:  # one phase: every parameter from the first epoch
-            first, strategy, schedule = Scratch(), Scratch(), {}
-        else:  # the head alone, then the strategy
-            first = Frozen()
-            strategy = UnfreezeTop(depth, self.backbone_lr, self.layer_decay, self.train_bn)
-            schedule = {self.warmup_epochs + 1: strategy}
+        first, schedule = self._schedule(len(body.blocks))
+        last = schedule[max(schedule)] if schedule else first
         head_generator = torch.Generator().manual_seed(head_seed)
         module = TransferModule(body, len(classes), first, generator=head_generator)
         net = self._make_net(module, _Recipe(first, schedule), len(y), shuffle_seed)
+        cut = last.cut(len(body.blocks))  # blocks below it never train
         cache_off = self._why_no_frozen_cache()
         if cache_off and self.verbose:
             print(f"{type(self).__name__}: frozen-feature cache off: {cache_off}.")
-        cut = strategy.cut(n_blocks)  # blocks below it never train
         with torch_seed(train_seed):
             # With memory, frozen outputs are shared by the key of the weights as loaded.
             source = None if cache_off or self.memory is None else weights_key(body)
             frozen = None if cache_off else self._frozen_inputs(body, X, cut, source)
-            if not scratch and self.warmup == "linear_probe":
-                if frozen is None:  # the features the cache would hold, computed alike
-                    body.to(self.device)
-                    features = frozen_outputs(body, X, n_blocks, *self._pass_options())[0]
-                    coef, intercept = fit_probe(features, y)
-                else:  # candidates of a search on the same fold share the probe
-                    coef, intercept = self._cached(fit_probe)(frozen[0], y)
-                _set_head(module.head, coef, intercept)
+            if self.weights is not None and self.warmup == "linear_probe":
+                self._start_head_at_probe(module, X, y, frozen)
             if frozen is None:
                 net.fit(as_dataset(X, body.preprocess, y), y)
             else:
                 self._fit_on_frozen_inputs(net, X, y, cut, *frozen)
         # Fitted attributes are set together, once training has succeeded.
         self.classes_ = classes
-        self.n_blocks_ = n_blocks
-        self.unfreeze_depth_ = depth
+        self.n_blocks_ = len(body.blocks)
+        self.unfreeze_depth_ = self.n_blocks_ - cut
         self.net_ = net
         self.history_ = [
             {
@@ -530,6 +517,24 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         self._frozen_cut_ = cut
         self._input_shape_ = self._module_input_shape(X)
         return self
+
+    def _schedule(self, n_blocks):
+        """The strategy a fit starts with, and those that follow by epoch."""
+        if self.weights is None:  # one phase: every parameter from the first epoch
+            return Scratch(), {}
+        depth = self._trained_depth(n_blocks)
+        strategy = UnfreezeTop(depth, self.backbone_lr, self.layer_decay, self.train_bn)
+        return Frozen(), {self.warmup_epochs + 1: strategy}
+
+    def _start_head_at_probe(self, module, X, y, frozen):
+        """Set the head to a logistic regression on the frozen backbone's features."""
+        if frozen is None:  # the features the cache would hold, computed alike
+            body = module.body.to(self.device)
+            pooled, _ = frozen_outputs(body, X, len(body.blocks), *self._pass_options())
+            coef, intercept = fit_probe(pooled, y)
+        else:  # candidates of a search on the same fold share the probe
+            coef, intercept = self._cached(fit_probe)(frozen[0], y)
+        _set_head(module.head, coef, intercept)
 
     def _cached(self, func, ignore=None):
         """``func``, kept by ``memory`` when there is one."""

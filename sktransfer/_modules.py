@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from torch import nn
 
 
-
 class ImagePreprocess(nn.Module):
     """Turn a batch of ``(n, C, H, W)`` images into what the weights expect.
 

@@ -1,4 +1,4 @@
-"""Parameters are checked at fit, with messages that name the parameter, what is valid and the value."""
+"""Parameters are checked at fit; messages name the parameter, what is valid and the value."""
 
 import re
 

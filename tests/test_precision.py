@@ -5,11 +5,11 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from sktransfer._compat import InvalidParameterError
 from torch import nn
 
 from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor
 from sktransfer._cache import frozen_outputs
+from sktransfer._compat import InvalidParameterError
 
 from .conftest import make_cnn
 

@@ -29,7 +29,8 @@ def test_frozen_trains_the_head_only_and_keeps_the_body_in_eval():
 def test_unfreeze_top_trains_the_pool_with_the_top_block():
     module = TransferModule(_body(), 3, Frozen())
     groups = module.use(UnfreezeTop(1, backbone_lr=1e-4))
-    assert _trainable(module.body) == {"blocks.1.weight", "blocks.1.bias", "pool.weight", "pool.bias"}
+    top = {"blocks.1.weight", "blocks.1.bias", "pool.weight", "pool.bias"}
+    assert _trainable(module.body) == top
     assert [g["lr"] for g in groups] == [1e-4]
     pool_params = {id(p) for p in module.body.pool.parameters()}
     assert pool_params <= {id(p) for p in groups[0]["params"]}
