@@ -73,3 +73,45 @@ def test_unpickled_net_keeps_its_module(vectors):
     net = pickle.loads(pickle.dumps(clf)).net_
     assert net.module is net.module_
     assert isinstance(net.module_, torch.nn.Module)
+
+
+class _Payload:
+    """Pickles as a call that creates a file: code a checkpoint must never run."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return pathlib.Path.touch, (pathlib.Path(self.marker),)
+
+
+def test_malicious_pickle_as_weights_is_refused_without_running_it(images, tmp_path):
+    path, marker = tmp_path / "evil.pth", tmp_path / "ran"
+    torch.save({"conv1.weight": _Payload(str(marker))}, path)
+    with pytest.raises(ValueError, match="could not be read as a PyTorch state dict"):
+        PretrainedFeatureExtractor(backbone="resnet18", weights=str(path)).fit(images[0])
+    assert not marker.exists()
+
+
+def test_channels_first_uint8_images_equal_channels_last(images):
+    X, _ = images
+    ext = PretrainedFeatureExtractor(backbone="resnet18", weights=None, input_size=20)
+    features = ext.fit(X).transform(X)
+    chw = np.ascontiguousarray(X.transpose(0, 3, 1, 2))
+    np.testing.assert_allclose(ext.transform(chw), features, rtol=0, atol=1e-5)
+
+
+def test_threads_predicting_on_one_model_agree(images):
+    from concurrent.futures import ThreadPoolExecutor
+
+    X, y = images
+    Xf = X.transpose(0, 3, 1, 2) / np.float32(255)
+    clf = FineTunedClassifier(backbone=make_cnn(), max_epochs=2, batch_size=4, random_state=0)
+    clf.fit(Xf, y)
+    expected = clf.predict_proba(Xf)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: clf.predict_proba(Xf), range(8)))
+    for proba in results:
+        np.testing.assert_array_equal(proba, expected)
