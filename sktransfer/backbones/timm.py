@@ -581,10 +581,8 @@ def spec(name):
         return _timm_spec(name, model_name, resolve_weights)
     if not (isinstance(name, str) and name.startswith(PREFIX)):
         return None
-    model_name = name[len(PREFIX):]
+    model_name = name[len(PREFIX) :]
     timm = _timm(name)
     if not timm.is_model(model_name):
         raise _unknown_model(name, model_name, timm)
-    return _timm_spec(
-        name, model_name, lambda weights: _resolve_weights(name, model_name, weights)
-    )
+    return _timm_spec(name, model_name, lambda weights: _resolve_weights(name, model_name, weights))
