@@ -26,8 +26,9 @@ class PretrainedFeatureExtractor(
     Parameters
     ----------
     backbone : str or torch.nn.Sequential, default="resnet18"
-        A name from :func:`list_backbones`, or an ``nn.Sequential`` of blocks
-        that takes numeric arrays as they are (copied, never modified).
+        A name from :func:`list_backbones`, any timm model as
+        ``"timm:<model name>"``, or an ``nn.Sequential`` of blocks that takes
+        numeric arrays as they are (copied, never modified).
     weights : str, path, torchvision weights enum or None, default="DEFAULT"
         As in :class:`FineTunedClassifier`; ``None`` gives randomly
         initialised features, a baseline.

@@ -183,17 +183,20 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
     Parameters
     ----------
     backbone : str or torch.nn.Sequential, default="resnet18"
-        A name from :func:`list_backbones` (a torchvision image model whose
-        input is images), or an ``nn.Sequential`` whose children are the
-        ordered blocks, which takes numeric arrays as they are. The module is
-        copied, never modified. It may start with lazy layers
-        (``nn.LazyLinear``), sized on the data at fit.
+        An image backbone by name: one from :func:`list_backbones`
+        (torchvision's, and ``"efficientnet_lite0"``) or any timm model as
+        ``"timm:<model name>"`` (``"timm:convnext_atto"``,
+        ``"timm:vit_tiny_patch16_224"``). Or an ``nn.Sequential`` whose
+        children are the ordered blocks, which takes numeric arrays as they
+        are. The module is copied, never modified. It may start with lazy
+        layers (``nn.LazyLinear``), sized on the data at fit.
     weights : str, path, torchvision weights enum or None, default="DEFAULT"
-        ``"DEFAULT"``: torchvision's default pretrained weights for a name, the
-        module's own weights for a module. A weights enum member or its name
-        (``"IMAGENET1K_V1"``). A path to a state-dict file, read with
-        ``weights_only=True``. ``None``: random initialisation, trained from
-        scratch.
+        ``"DEFAULT"``: the default pretrained weights of a name (downloaded by
+        torchvision or timm; ``efficientnet_lite0``'s come from a package),
+        the module's own weights for a module. A torchvision weights enum
+        member or its name (``"IMAGENET1K_V1"``). A path to a state-dict
+        file, read with ``weights_only=True``. ``None``: random
+        initialisation, trained from scratch.
     unfreeze_depth : int or "all", default=1
         Number of backbone blocks, counted from the top, trained after the
         warm-up; 0 trains the head only.
