@@ -174,7 +174,9 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
     ``backbone_lr`` (times ``layer_decay ** k`` for the block ``k`` places
     below the top) while the head keeps ``lr``, until ``max_epochs``.
     BatchNorm layers stay in eval mode, statistics and affine parameters
-    frozen, unless ``train_bn=True``. With ``weights=None`` the same
+    frozen, unless ``train_bn=True``. With ``strategy="lora"`` the top blocks
+    stay frozen and low-rank adapters on their linear layers train instead,
+    merged into the weights at the end of ``fit``. With ``weights=None`` the same
     architecture is randomly initialised and trained from scratch: every
     parameter at ``lr``, no warm-up, BatchNorm training.
 
@@ -198,12 +200,31 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         file, read with ``weights_only=True``. ``None``: random
         initialisation, trained from scratch.
     unfreeze_depth : int or "all", default=1
-        Number of backbone blocks, counted from the top, trained after the
-        warm-up; 0 trains the head only.
+        Number of backbone blocks, counted from the top, trained (or adapted,
+        with ``strategy="lora"``) after the warm-up; 0 trains the head only.
+    strategy : {"unfreeze", "lora"}, default="unfreeze"
+        How the top ``unfreeze_depth`` blocks fine-tune. ``"unfreeze"``: their
+        parameters train. ``"lora"``: they stay frozen, and low-rank adapters
+        (LoRA, through peft: ``pip install "sktransfer[lora]"``) added to
+        their ``nn.Linear`` and 1x1 ``nn.Conv2d`` layers train at
+        ``backbone_lr`` (times ``layer_decay ** k``); BatchNorm, norms and
+        dropout stay frozen and in eval mode. At the end of ``fit`` the
+        adapters are merged into the weights: the fitted model is plain torch
+        modules, loadable without peft. LoRA usually wants about 10 times the
+        ``backbone_lr`` of unfreezing. Not with ``weights=None``.
+    lora_rank : int, default=8
+        Rank of each adapter (``strategy="lora"``).
+    lora_alpha : float, default=16.0
+        Scale of the adapters: their update is multiplied by
+        ``lora_alpha / lora_rank`` (``strategy="lora"``).
+    lora_dropout : float, default=0.0
+        Dropout on the adapters' input while training, in ``[0, 1)``
+        (``strategy="lora"``).
     lr : float, default=1e-3
         Learning rate of the head (and of every parameter with ``weights=None``).
     backbone_lr : float, default=1e-4
-        Learning rate of the top unfrozen block.
+        Learning rate of the top unfrozen block (of its adapters with
+        ``strategy="lora"``).
     layer_decay : float, default=1.0
         Factor in ``(0, 1]`` applied once per block going down.
     warmup : {"linear_probe", "epochs"}, default="linear_probe"
@@ -225,7 +246,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         Only for named backbones.
     train_bn : bool, default=False
         Whether BatchNorm layers of unfrozen blocks update their statistics and
-        affine parameters.
+        affine parameters. Ignored with ``strategy="lora"``.
     optimizer : {"adam", "adamw", "sgd"} or torch optimizer class, default="adam"
         ``"sgd"`` uses momentum 0.9.
     weight_decay : float, default=0.0
@@ -288,7 +309,8 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         ``weights=None``; 0 when ``max_epochs == warmup_epochs``).
     n_trainable_params_ : dict
         Number of trainable parameters in each phase (``"warmup"``,
-        ``"finetune"`` or ``"scratch"``).
+        ``"finetune"`` or ``"scratch"``); with ``strategy="lora"``, the
+        ``"finetune"`` phase counts the adapters' and the head's.
     history_ : list of dict
         Per epoch: ``epoch``, ``phase``, ``train_loss`` and ``dur`` (seconds).
 
