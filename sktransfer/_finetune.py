@@ -36,7 +36,7 @@ from ._compat import BackboneName, HasMethods, Interval, Options, validate_param
 from ._freeze import count_trainable
 from ._input import as_dataset, iter_batches
 from ._modules import TransferModule
-from ._strategy import Frozen, Scratch, UnfreezeTop
+from ._strategy import Frozen, LoRA, Scratch, UnfreezeTop, _peft
 
 _OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 
@@ -174,7 +174,9 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
     ``backbone_lr`` (times ``layer_decay ** k`` for the block ``k`` places
     below the top) while the head keeps ``lr``, until ``max_epochs``.
     BatchNorm layers stay in eval mode, statistics and affine parameters
-    frozen, unless ``train_bn=True``. With ``weights=None`` the same
+    frozen, unless ``train_bn=True``. With ``strategy="lora"`` the top blocks
+    stay frozen and low-rank adapters on their linear layers train instead,
+    merged into the weights at the end of ``fit``. With ``weights=None`` the same
     architecture is randomly initialised and trained from scratch: every
     parameter at ``lr``, no warm-up, BatchNorm training.
 
@@ -198,12 +200,31 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         file, read with ``weights_only=True``. ``None``: random
         initialisation, trained from scratch.
     unfreeze_depth : int or "all", default=1
-        Number of backbone blocks, counted from the top, trained after the
-        warm-up; 0 trains the head only.
+        Number of backbone blocks, counted from the top, trained (or adapted,
+        with ``strategy="lora"``) after the warm-up; 0 trains the head only.
+    strategy : {"unfreeze", "lora"}, default="unfreeze"
+        How the top ``unfreeze_depth`` blocks fine-tune. ``"unfreeze"``: their
+        parameters train. ``"lora"``: they stay frozen, and low-rank adapters
+        (LoRA, through peft: ``pip install "sktransfer[lora]"``) added to
+        their ``nn.Linear`` and 1x1 ``nn.Conv2d`` layers train at
+        ``backbone_lr`` (times ``layer_decay ** k``); BatchNorm, norms and
+        dropout stay frozen and in eval mode. At the end of ``fit`` the
+        adapters are merged into the weights: the fitted model is plain torch
+        modules, loadable without peft. LoRA usually wants about 10 times the
+        ``backbone_lr`` of unfreezing. Not with ``weights=None``.
+    lora_rank : int, default=8
+        Rank of each adapter (``strategy="lora"``).
+    lora_alpha : float, default=16.0
+        Scale of the adapters: their update is multiplied by
+        ``lora_alpha / lora_rank`` (``strategy="lora"``).
+    lora_dropout : float, default=0.0
+        Dropout on the adapters' input while training, in ``[0, 1)``
+        (``strategy="lora"``).
     lr : float, default=1e-3
         Learning rate of the head (and of every parameter with ``weights=None``).
     backbone_lr : float, default=1e-4
-        Learning rate of the top unfrozen block.
+        Learning rate of the top unfrozen block (of its adapters with
+        ``strategy="lora"``).
     layer_decay : float, default=1.0
         Factor in ``(0, 1]`` applied once per block going down.
     warmup : {"linear_probe", "epochs"}, default="linear_probe"
@@ -225,7 +246,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         Only for named backbones.
     train_bn : bool, default=False
         Whether BatchNorm layers of unfrozen blocks update their statistics and
-        affine parameters.
+        affine parameters. Ignored with ``strategy="lora"``.
     optimizer : {"adam", "adamw", "sgd"} or torch optimizer class, default="adam"
         ``"sgd"`` uses momentum 0.9.
     weight_decay : float, default=0.0
@@ -288,7 +309,8 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         ``weights=None``; 0 when ``max_epochs == warmup_epochs``).
     n_trainable_params_ : dict
         Number of trainable parameters in each phase (``"warmup"``,
-        ``"finetune"`` or ``"scratch"``).
+        ``"finetune"`` or ``"scratch"``); with ``strategy="lora"``, the
+        ``"finetune"`` phase counts the adapters' and the head's.
     history_ : list of dict
         Per epoch: ``epoch``, ``phase``, ``train_loss`` and ``dur`` (seconds).
 
@@ -317,6 +339,10 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         "backbone": [BackboneName(), nn.Sequential],
         "weights": [None, str, os.PathLike, WeightsEnum],
         "unfreeze_depth": [Interval(Integral, 0, None, closed="left"), Options({"all"})],
+        "strategy": [Options({"unfreeze", "lora"})],
+        "lora_rank": [Interval(Integral, 1, None, closed="left")],
+        "lora_alpha": [Interval(Real, 0, None, closed="neither")],
+        "lora_dropout": [Interval(Real, 0, 1, closed="left")],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "backbone_lr": [Interval(Real, 0, None, closed="neither")],
         "layer_decay": [Interval(Real, 0, 1, closed="right")],
@@ -343,6 +369,10 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         backbone="resnet18",
         weights="DEFAULT",
         unfreeze_depth=1,
+        strategy="unfreeze",
+        lora_rank=8,
+        lora_alpha=16.0,
+        lora_dropout=0.0,
         lr=1e-3,
         backbone_lr=1e-4,
         layer_decay=1.0,
@@ -365,6 +395,10 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         self.backbone = backbone
         self.weights = weights
         self.unfreeze_depth = unfreeze_depth
+        self.strategy = strategy
+        self.lora_rank = lora_rank
+        self.lora_alpha = lora_alpha
+        self.lora_dropout = lora_dropout
         self.lr = lr
         self.backbone_lr = backbone_lr
         self.layer_decay = layer_decay
@@ -409,6 +443,8 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
                     f"warmup_epochs={self.warmup_epochs} exceeds max_epochs={self.max_epochs}; "
                     f"use 0 <= warmup_epochs <= max_epochs."
                 )
+            if self.strategy == "lora":
+                self._check_lora()
             y = validate_data(self, X="no_validation", y=y)
             X = self._check_input(X, reset=True)
             check_consistent_length(X, y)
@@ -421,6 +457,28 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
                 )
             self._fit(X, encoder.transform(y).astype(np.int64), encoder.classes_)
         return self
+
+    def _check_lora(self):
+        if self.weights is None:
+            raise ValueError(
+                "strategy='lora' adds adapters to pretrained weights, but weights=None "
+                "trains every parameter from scratch; use strategy='unfreeze' with "
+                "weights=None (in a search, give weights=None a grid of its own)."
+            )
+        _peft()  # an ImportError saying what to install, before any work
+
+    def _check_lora_targets(self, body, strategy):
+        """A LoRA fine-tuning must find layers to adapt in its top blocks."""
+        if not isinstance(strategy, LoRA) or not strategy.depth or strategy.targets(body):
+            return
+        name = self.backbone if isinstance(self.backbone, str) else "the backbone module"
+        top = [type(b).__name__ for b in body.blocks[len(body.blocks) - strategy.depth:]]
+        raise ValueError(
+            f"strategy='lora' adapts nn.Linear and 1x1 nn.Conv2d layers, but the top "
+            f"unfreeze_depth={self.unfreeze_depth!r} blocks of {name} ({', '.join(top)}, "
+            f"and the pooling) have none; use a larger unfreeze_depth or "
+            f"strategy='unfreeze'."
+        )
 
     def _check_unfreeze_depth(self, n_blocks):
         depth = self.unfreeze_depth
@@ -479,11 +537,15 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
     def _fit(self, X, y, classes):
         # One stream each: weights built, head, shuffling, and what training
         # draws from torch's global generator (dropout).
-        build_seed, head_seed, shuffle_seed, train_seed = draw_seeds(self.random_state, 4)
+        # strategy="lora" draws a fifth seed, for the adapters' initialisation.
+        seeds = draw_seeds(self.random_state, 5 if self.strategy == "lora" else 4)
+        build_seed, head_seed, shuffle_seed, train_seed = seeds[:4]
         with seeded_build(build_seed):
             body = self._load_backbone(X, check_n_blocks=self._check_unfreeze_depth)
-        first, schedule = self._schedule(len(body.blocks))
+        lora_seed = seeds[4] if self.strategy == "lora" else None
+        first, schedule = self._schedule(len(body.blocks), lora_seed)
         last = schedule[max(schedule)] if schedule else first
+        self._check_lora_targets(body, last)
         head_generator = torch.Generator().manual_seed(head_seed)
         module = TransferModule(body, len(classes), first, generator=head_generator)
         net = self._make_net(module, _Recipe(first, schedule), len(y), shuffle_seed)
@@ -501,6 +563,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
                 net.fit(as_dataset(X, body.preprocess, y), y)
             else:
                 self._fit_on_frozen_inputs(net, X, y, cut, *frozen)
+        net.module_.finish(last)  # LoRA: adapters merged, plain torch modules
         # Fitted attributes are set together, once training has succeeded.
         self.classes_ = classes
         self.n_blocks_ = len(body.blocks)
@@ -521,12 +584,18 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         self._input_shape_ = self._module_input_shape(X)
         return self
 
-    def _schedule(self, n_blocks):
+    def _schedule(self, n_blocks, lora_seed=None):
         """The strategy a fit starts with, and those that follow by epoch."""
         if self.weights is None:  # one phase: every parameter from the first epoch
             return Scratch(), {}
         depth = self._trained_depth(n_blocks)
-        strategy = UnfreezeTop(depth, self.backbone_lr, self.layer_decay, self.train_bn)
+        if self.strategy == "lora":
+            strategy = LoRA(
+                depth, self.backbone_lr, self.layer_decay, rank=self.lora_rank,
+                alpha=self.lora_alpha, dropout=self.lora_dropout, seed=lora_seed,
+            )
+        else:
+            strategy = UnfreezeTop(depth, self.backbone_lr, self.layer_decay, self.train_bn)
         return Frozen(), {self.warmup_epochs + 1: strategy}
 
     def _start_head_at_probe(self, module, X, y, frozen):

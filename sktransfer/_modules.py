@@ -125,7 +125,7 @@ class TransferModule(nn.Module):
 
     :meth:`use` applies a strategy (see :mod:`sktransfer._strategy`): which
     backbone parameters train, and which modules ``train()`` keeps in eval
-    mode (the preprocessing always).
+    mode (the preprocessing always); :meth:`finish` ends it.
 
     ``input_stage`` says what the input is: ``"raw"`` data, an int ``k`` for
     the activations entering block ``k`` (computed once by frozen blocks), or
@@ -147,6 +147,12 @@ class TransferModule(nn.Module):
         self._kept_in_eval = [self.body.preprocess, *strategy.kept_in_eval(self.body)]
         self.train(self.training)
         return groups
+
+    def finish(self, strategy):
+        """End training with ``strategy`` (which merges adapters into the weights)."""
+        strategy.finish(self.body)
+        self._kept_in_eval = [self.body.preprocess, *strategy.kept_in_eval(self.body)]
+        self.train(self.training)
 
     def train(self, mode=True):
         """``nn.Module.train``, then the modules the strategy keeps in eval."""

@@ -9,15 +9,20 @@ A strategy answers, for a :class:`~sktransfer._modules.Body`:
   train (the head's group is the optimizer's first);
 - ``kept_in_eval(body)``: the modules that stay in eval mode while the net
   trains;
-- ``phase``: its name in ``history_``.
+- ``phase``: its name in ``history_``;
+- ``finish(body)``: what becomes of the body once ``fit`` has trained it
+  (nothing, except for :class:`LoRA`, which merges its adapters).
 
 The pooling module (``body.pool``) counts as part of the top block. A second
-way to fine-tune (adapters, say) is a second class with the same four
-answers; the recipe, ``TransferModule.train`` and the cache ask, never assume.
+way to fine-tune is a second class with the same answers (:class:`LoRA`);
+the recipe, ``TransferModule.train`` and the cache ask, never assume.
 """
+
+import re
 
 from torch import nn
 
+from ._base import seeded_build
 from ._freeze import block_param_groups, modules_kept_in_eval, set_trainable
 
 
@@ -41,6 +46,9 @@ class Frozen:
 
     def kept_in_eval(self, body):
         return [body]
+
+    def finish(self, body):
+        pass
 
 
 class UnfreezeTop:
@@ -67,6 +75,9 @@ class UnfreezeTop:
     def kept_in_eval(self, body):
         return list(modules_kept_in_eval(_units(body), self.depth, self.train_bn))
 
+    def finish(self, body):
+        pass
+
 
 class Scratch:
     """Every parameter trains from the first epoch, at the head's ``lr``;
@@ -83,3 +94,152 @@ class Scratch:
 
     def kept_in_eval(self, body):
         return []
+
+    def finish(self, body):
+        pass
+
+
+def _peft():
+    """peft, or an ImportError that says how to install it."""
+    try:
+        import peft
+    except ImportError as exc:
+        raise ImportError(
+            'strategy="lora" needs peft, which is not installed; '
+            'pip install "sktransfer[lora]" installs it.'
+        ) from exc
+    return peft
+
+
+def _is_adapter(module):
+    """Whether ``module`` is a layer peft put in place of a layer it adapts."""
+    _peft()
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return isinstance(module, BaseTunerLayer)
+
+
+def _lora_layers(module):
+    """The LoRA layers peft put in ``module``."""
+    _peft()
+    from peft.tuners.lora import LoraLayer
+
+    return [m for m in module.modules() if isinstance(m, LoraLayer)]
+
+
+def adaptable_layers(module):
+    """Names and layers in ``module`` that :class:`LoRA` adapts.
+
+    ``nn.Linear`` layers and ``nn.Conv2d`` layers with a 1x1 kernel and one
+    group; not the layers of existing adapters, nor the projections of an
+    ``nn.MultiheadAttention`` (which uses their weights without calling them).
+    """
+    found = []
+
+    def visit(parent, prefix):
+        for name, child in parent.named_children():
+            full = f"{prefix}{name}"
+            if isinstance(child, nn.Linear):
+                if not isinstance(parent, nn.MultiheadAttention):
+                    found.append((full, child))
+            elif isinstance(child, nn.Conv2d):
+                if tuple(child.kernel_size) == (1, 1) and child.groups == 1:
+                    found.append((full, child))
+            elif not _is_adapter(child):  # an adapter's layers are its own
+                visit(child, f"{full}.")
+
+    visit(module, "")
+    return found
+
+
+def _subtrees_without(module, excluded):
+    """The largest submodules of ``module`` (itself included) that hold none of
+    the modules whose ids are in ``excluded``."""
+    if not any(id(m) in excluded for m in module.modules()):
+        return [module]
+    out = []
+    for child in module.children():
+        if id(child) not in excluded:
+            out.extend(_subtrees_without(child, excluded))
+    return out
+
+
+def merge_adapters(module):
+    """Merge every LoRA layer in ``module`` into its layer's weights and put that
+    layer back in its place: plain torch modules, computing what the adapted
+    ones did."""
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if _is_adapter(child):
+                child.merge()
+                setattr(parent, name, child.get_base_layer())
+
+
+class LoRA:
+    """Low-rank adapters (peft's LoRA) on the ``nn.Linear`` and 1x1
+    ``nn.Conv2d`` layers of the top ``depth`` blocks train, those of the block
+    ``k`` places below the top at ``backbone_lr * layer_decay ** k``; every
+    backbone parameter stays frozen and every backbone module in eval mode
+    (but the adapters' dropout). ``finish`` merges the adapters into the
+    weights.
+
+    The adapters start as peft starts them (the second factor at zero: the
+    model is unchanged), their random draws seeded by ``seed``.
+    """
+
+    phase = "finetune"
+
+    def __init__(self, depth, backbone_lr, layer_decay=1.0, rank=8, alpha=16.0, dropout=0.0,
+                 seed=0):
+        self.depth = depth
+        self.backbone_lr = backbone_lr
+        self.layer_decay = layer_decay
+        self.rank = rank
+        self.alpha = alpha
+        self.dropout = dropout
+        self.seed = seed
+
+    def cut(self, n_blocks):
+        return n_blocks - self.depth
+
+    def _top(self, body):
+        units = _units(body)
+        return nn.ModuleList(units[len(units) - self.depth:] if self.depth else [])
+
+    def targets(self, body):
+        """Names (in the top blocks) of the layers that get adapters."""
+        return [name for name, _ in adaptable_layers(self._top(body))]
+
+    def apply(self, body):
+        top = self._top(body)
+        names = self.targets(body)
+        if names:
+            peft = _peft()
+            config = peft.LoraConfig(
+                r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout,
+                # A str is matched against whole names (a list, against their ends).
+                target_modules="|".join(re.escape(name) for name in names),
+            )
+            # Into a container of the top blocks, which the layers are replaced
+            # in; peft's own attributes stay on the container.
+            with seeded_build(self.seed):
+                peft.inject_adapter_in_model(config, top)
+        body.requires_grad_(False)
+        for layer in _lora_layers(body):
+            layer.lora_A.requires_grad_(True)
+            layer.lora_B.requires_grad_(True)
+        return block_param_groups(_units(body), self.depth, self.backbone_lr, self.layer_decay)
+
+    def kept_in_eval(self, body):
+        if not self.depth:
+            return [body]
+        dropouts = {
+            id(d)
+            for layer in _lora_layers(body)
+            for d in layer.lora_dropout.values()
+            if not isinstance(d, nn.Identity)
+        }
+        return _subtrees_without(body, dropouts)
+
+    def finish(self, body):
+        merge_adapters(body)
