@@ -174,7 +174,8 @@ def check_module_input(estimator, X, reset):
     if paths is not None:
         raise ValueError(
             f"X holds file paths (e.g. {os.fspath(paths[0])!r}), which only a named "
-            f"image backbone reads; a backbone given as a module takes numeric arrays."
+            f"image backbone reads; a backbone given as a module takes numeric arrays "
+            f"(text takes a text backbone: 'hf:<model name or local folder>')."
         )
     _check_one_shape(X, "a backbone given as a module takes one array of inputs of one shape.")
     if getattr(X, "ndim", 2) > 2:

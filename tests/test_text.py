@@ -174,6 +174,9 @@ def test_text_and_images_go_to_their_own_backbones():
     image_backbone = PretrainedFeatureExtractor(backbone="resnet18", weights=None)
     with pytest.raises(ValueError, match=r"takes images: .* Text needs a text backbone: 'hf:"):
         image_backbone.fit(TEXTS)
+    module_backbone = PretrainedFeatureExtractor(backbone=torch.nn.Sequential(torch.nn.ReLU()))
+    with pytest.raises(ValueError, match=r"numeric arrays \(text takes a text backbone: 'hf:"):
+        module_backbone.fit(TEXTS)
 
 
 def test_text_errors(tmp_path):
