@@ -10,7 +10,13 @@ from sklearn.utils import check_random_state
 from torch import nn
 
 from . import backbones
-from ._input import check_images, check_module_input, first_batch, forget_feature_count
+from ._input import (
+    check_images,
+    check_module_input,
+    check_texts,
+    first_batch,
+    forget_feature_count,
+)
 
 
 def draw_seeds(random_state, n):
@@ -138,10 +144,12 @@ class BackboneMixin:
         return state
 
     def _check_input(self, X, reset):
-        if self._input_kind() == "images":
+        kind = self._input_kind()
+        if kind in ("images", "text"):
             if reset:
                 forget_feature_count(self)
-            return check_images(X, self.backbone)
+            check = check_images if kind == "images" else check_texts
+            return check(X, self.backbone)
         X = check_module_input(self, X, reset=reset)
         fitted = getattr(self, "_input_shape_", None)  # None in pickles from before
         if not reset and fitted is not None and X.shape[1:] != fitted:
@@ -155,14 +163,19 @@ class BackboneMixin:
     def _module_input_shape(self, X):
         """What fit records of checked ``X`` for a module: its shape after the
         sample axis, which predictions must have too; None for named backbones."""
-        return None if self._input_kind() == "images" else X.shape[1:]
+        return X.shape[1:] if self._input_kind() == "arrays" else None
 
     def _check_common_params(self):
-        if self._input_kind() != "images" and self.input_size is not None:
+        kind = self._input_kind()
+        if kind != "images" and self.input_size is not None:
+            takes = (
+                f"backbone={self.backbone!r} takes text, truncated at the model's own limit"
+                if kind == "text"
+                else "a backbone given as a module takes its input as it is"
+            )
             raise ValueError(
                 f"input_size={self.input_size!r} only applies to a named image backbone; "
-                f"a backbone given as a module takes its input as it is. Use "
-                f"input_size=None."
+                f"{takes}. Use input_size=None."
             )
         try:
             torch.device(self.device)

@@ -25,7 +25,7 @@ import torch
 from sklearn.utils.validation import check_memory
 
 from . import __version__
-from ._input import ImagePaths, file_stamp, iter_batches
+from ._input import ImagePaths, file_stamp, iter_batches, to_device
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # In disk keys: another release may compute (or read files) otherwise.
@@ -41,8 +41,9 @@ def autocast(device, precision):
 
 
 def memory_format(x, channels_last):
-    """``x`` in channels-last memory format where asked and 4-D, else as it is."""
-    if channels_last and x.ndim == 4:
+    """``x`` in channels-last memory format where asked and 4-D, else as it is
+    (tokens of text, a tuple, too)."""
+    if channels_last and isinstance(x, torch.Tensor) and x.ndim == 4:
         return x.contiguous(memory_format=torch.channels_last)
     return x
 
@@ -51,7 +52,7 @@ def _input_batches(body, X, batch_size, device, channels_last, contiguous):
     """Preprocessed batches of ``X``; ``contiguous`` ones compute exactly as the
     training loop's collated batches do."""
     for xb in iter_batches(X, body.preprocess, batch_size, contiguous=contiguous):
-        yield body.preprocess(memory_format(xb.to(device), channels_last))
+        yield body.preprocess(memory_format(to_device(xb, device), channels_last))
 
 
 def _stored_batches(activations, batch_size, device, channels_last):

@@ -27,7 +27,9 @@ class PretrainedFeatureExtractor(
     ----------
     backbone : str or torch.nn.Sequential, default="resnet18"
         A name from :func:`list_backbones`, any timm model as
-        ``"timm:<model name>"``, or an ``nn.Sequential`` of blocks that takes
+        ``"timm:<model name>"``, a Hugging Face text encoder as
+        ``"hf:<model name or local folder>"`` (its features: the checkpoint's
+        sentence-embedding pooling), or an ``nn.Sequential`` of blocks that takes
         numeric arrays as they are (copied, never modified).
     weights : str, path, torchvision weights enum or None, default="DEFAULT"
         As in :class:`FineTunedClassifier`; ``None`` gives randomly
@@ -110,10 +112,10 @@ class PretrainedFeatureExtractor(
 
         Parameters
         ----------
-        X : array-like, or list or pandas Series of paths
+        X : array-like, or list or pandas Series of paths or of texts
             Images for a named backbone, arrays of one size or image files of
-            any size (8-bit, or 16-bit grey); what the module takes for a
-            module.
+            any size (8-bit, or 16-bit grey); str for a text backbone; what
+            the module takes for a module.
         y : None
             Ignored.
 

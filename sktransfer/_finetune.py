@@ -57,6 +57,14 @@ class _TransferNet(NeuralNetClassifier):
             if param.requires_grad:
                 yield name, param
 
+    def get_iterator(self, dataset, training=False):
+        # Texts: the dataset's ``collate`` tokenises each batch, padded to its longest.
+        loader = super().get_iterator(dataset, training)
+        collate = getattr(dataset, "collate", None)
+        if collate is not None:
+            loader.collate_fn = collate
+        return loader
+
     def infer(self, x, **fit_params):
         x = memory_format(to_tensor(x, device=self.device), self.channels_last)
         with autocast(self.device, self.precision):
@@ -188,7 +196,9 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         An image backbone by name: one from :func:`list_backbones`
         (torchvision's, and ``"efficientnet_lite0"``) or any timm model as
         ``"timm:<model name>"`` (``"timm:convnext_atto"``,
-        ``"timm:vit_tiny_patch16_224"``). Or an ``nn.Sequential`` whose
+        ``"timm:vit_tiny_patch16_224"``). A Hugging Face text encoder as
+        ``"hf:<model name or local folder>"``, which takes a list of str (see
+        the user guide's "Text backbones"). Or an ``nn.Sequential`` whose
         children are the ordered blocks, which takes numeric arrays as they
         are. The module is copied, never modified. It may start with lazy
         layers (``nn.LazyLinear``), sized on the data at fit.
@@ -423,10 +433,10 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like, or list or pandas Series of paths
+        X : array-like, or list or pandas Series of paths or of texts
             Images for a named backbone, arrays of one size or image files of
-            any size (8-bit, or 16-bit grey); what the module takes for a
-            module.
+            any size (8-bit, or 16-bit grey); str for a text backbone; what
+            the module takes for a module.
         y : array-like of shape (n_samples,)
             Class labels.
 
@@ -553,10 +563,19 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         cache_off = self._why_no_frozen_cache()
         if cache_off and self.verbose:
             print(f"{type(self).__name__}: frozen-feature cache off: {cache_off}.")
+        # Activations inside a text model have one length per batch: the cache
+        # keeps only the pooled features there, the top blocks run from the text.
+        cache_cut = cut if body.caches_activations() or cut == 0 else len(body.blocks)
+        if not cache_off and cache_cut != cut and self.verbose:
+            print(
+                f"{type(self).__name__}: frozen-feature cache: pooled features only; "
+                f"the activations inside a text model are not kept, every block runs "
+                f"from the tokens while the top {len(body.blocks) - cut} train."
+            )
         with torch_seed(train_seed):
             # With memory, frozen outputs are shared by the key of the weights as loaded.
             source = None if cache_off or self.memory is None else weights_key(body)
-            frozen = None if cache_off else self._frozen_inputs(body, X, cut, source)
+            frozen = None if cache_off else self._frozen_inputs(body, X, cache_cut, source)
             if self.weights is not None and self.warmup == "linear_probe":
                 self._start_head_at_probe(module, X, y, frozen)
             if frozen is None:
@@ -579,7 +598,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
             for row in net.history
         ]
         self.n_trainable_params_ = {row["phase"]: row["n_trainable_params"] for row in net.history}
-        self._frozen_source_ = source if 0 < cut else None
+        self._frozen_source_ = source if 0 < cut == cache_cut else None
         self._frozen_cut_ = cut
         self._input_shape_ = self._module_input_shape(X)
         return self
@@ -656,7 +675,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         warmup = self.warmup_epochs
         if cut == len(module.body.blocks):
             stage, inputs = "pooled", pooled
-        elif cut == 0:
+        elif activations is None:  # every block trains, or the text model's top ones
             stage, inputs = "raw", as_dataset(X, module.body.preprocess, y)
         else:
             stage, inputs = cut, activations

@@ -1,8 +1,8 @@
 """Checking and batching the inputs of sktransfer's estimators.
 
-A named (torchvision) backbone takes images; a backbone given as a module
-takes numeric arrays as they are, ``(n, n_features)`` vectors or
-``(n, C, H, W)`` images.
+A named image backbone takes images; a text backbone (``"hf:..."``) takes
+strings; a backbone given as a module takes numeric arrays as they are,
+``(n, n_features)`` vectors or ``(n, C, H, W)`` images.
 """
 
 import os
@@ -20,8 +20,15 @@ IMAGE_FORMS = (
 )
 
 
+TEXT_FORMS = "a list, numpy array or pandas Series of str (or a one-column DataFrame)"
+
+
 class ImagePaths(list):
     """A list of image file paths, read lazily batch by batch."""
+
+
+class Texts(list):
+    """A list of texts, tokenised batch by batch."""
 
 
 def _paths_in(X):
@@ -68,9 +75,15 @@ def _check_one_shape(X, hint):
         )
 
 
-def _check_paths(X):
+def _check_paths(X, backbone):
     paths = ImagePaths(os.fspath(p) for p in X)
     missing = [p for p in paths if not os.path.isfile(p)]
+    if len(missing) == len(paths):  # strings, none a file: text, maybe
+        raise ValueError(
+            f"X holds {len(missing)} paths that are not files, e.g. {missing[0]!r}; "
+            f"backbone={backbone!r} takes images: {IMAGE_FORMS}. Text needs a text "
+            f"backbone: 'hf:<model name or local folder>'."
+        )
     if missing:
         raise ValueError(f"X holds {len(missing)} paths that are not files, e.g. {missing[0]!r}.")
     return paths
@@ -100,7 +113,7 @@ def check_images(X, backbone):
     _check_not_one_path(X)
     paths = _paths_in(X)
     if paths is not None:
-        return _check_paths(paths)
+        return _check_paths(paths, backbone)
     _check_one_shape(
         X,
         "images in an array must share one size. Pass file paths for images of "
@@ -127,13 +140,42 @@ def check_images(X, backbone):
     return _channels_first(X)
 
 
+def check_texts(X, backbone):
+    """Validate text input for a text backbone: a :class:`Texts` list of str."""
+    if isinstance(X, str):
+        raise ValueError(f"X is a single string; backbone={backbone!r} takes {TEXT_FORMS}: [X].")
+    if hasattr(X, "iloc") and getattr(X, "ndim", 0) == 2 and X.shape[1] == 1:
+        X = X.iloc[:, 0]
+    if hasattr(X, "iloc") and getattr(X, "ndim", 0) == 1:
+        X = X.to_numpy()
+    if isinstance(X, np.ndarray) and X.ndim != 1:
+        raise ValueError(
+            f"X is an array of shape {X.shape}, but backbone={backbone!r} takes text: {TEXT_FORMS}."
+        )
+    if not isinstance(X, (list, tuple, np.ndarray)):
+        raise ValueError(
+            f"X is a {type(X).__name__}, but backbone={backbone!r} takes text: {TEXT_FORMS}."
+        )
+    wrong = next(((i, x) for i, x in enumerate(X) if not isinstance(x, str)), None)
+    if wrong is not None:
+        i, x = wrong
+        raise ValueError(
+            f"X[{i}] is a {type(x).__name__}, not a str: backbone={backbone!r} takes text: "
+            f"{TEXT_FORMS}."
+        )
+    if len(X) == 0:
+        raise ValueError(f"X holds no text; backbone={backbone!r} needs at least 1 sample.")
+    return Texts(str(x) for x in X)
+
+
 def check_module_input(estimator, X, reset):
     """Validate numeric input for a backbone given as a module."""
     paths = [X] if isinstance(X, (str, os.PathLike)) else _paths_in(X)
     if paths is not None:
         raise ValueError(
             f"X holds file paths (e.g. {os.fspath(paths[0])!r}), which only a named "
-            f"image backbone reads; a backbone given as a module takes numeric arrays."
+            f"image backbone reads; a backbone given as a module takes numeric arrays "
+            f"(text takes a text backbone: 'hf:<model name or local folder>')."
         )
     _check_one_shape(X, "a backbone given as a module takes one array of inputs of one shape.")
     if getattr(X, "ndim", 2) > 2:
@@ -203,6 +245,32 @@ def read_image(path):
     return torch.from_numpy((pixels / top).astype(np.float32))[None]
 
 
+class TextDataset(torch.utils.data.Dataset):
+    """The texts one by one; :meth:`collate` tokenises a batch, padded to its longest."""
+
+    def __init__(self, texts, tokenize, y=None):
+        self.texts = texts
+        self.tokenize = tokenize
+        self.y = y
+
+    def __len__(self):
+        return len(self.texts)
+
+    def __getitem__(self, i):
+        return self.texts[i], (0 if self.y is None else self.y[i])
+
+    def collate(self, batch):
+        texts, ys = zip(*batch)
+        return self.tokenize(texts), torch.as_tensor(np.asarray(ys))
+
+
+def to_device(x, device):
+    """A batch (a tensor, or the tensors of a tuple: tokens of text) on ``device``."""
+    if isinstance(x, (tuple, list)):
+        return type(x)(t.to(device) for t in x)
+    return x.to(device)
+
+
 class ImagePathDataset(torch.utils.data.Dataset):
     """Read one image file per item and resize it as arrays are resized.
 
@@ -226,9 +294,12 @@ class ImagePathDataset(torch.utils.data.Dataset):
 
 
 def as_dataset(X, preprocess, y=None):
-    """What skorch and the batch loop iterate over: arrays as they are, paths lazily."""
+    """What skorch and the batch loop iterate over: arrays as they are, paths lazily,
+    texts as a :class:`TextDataset` whose ``collate`` tokenises each batch."""
     if isinstance(X, ImagePaths):
         return ImagePathDataset(X, preprocess.size, preprocess.interpolation, y)
+    if isinstance(X, Texts):
+        return TextDataset(X, preprocess.tokenize, y)
     return X
 
 
@@ -255,6 +326,10 @@ def iter_batches(X, preprocess, batch_size, contiguous=False):
         )
         for xb, _ in loader:
             yield xb
+        return
+    if isinstance(X, Texts):  # tokens, each batch padded to its longest text
+        for start in range(0, len(X), batch_size):
+            yield preprocess.tokenize(X[start : start + batch_size])
         return
     for start in range(0, len(X), batch_size):
         batch = X[start : start + batch_size]

@@ -30,6 +30,53 @@ class ImagePreprocess(nn.Module):
         x = scale_and_resize(x, self.size, self.interpolation)
         return (x - self.mean) / self.std
 
+    def sample(self):
+        """One input batch of the size the weights expect, to size a body's output."""
+        return torch.zeros(1, 3, self.size, self.size)
+
+
+class TextPreprocess(nn.Module):
+    """A text model's tokenizer: :meth:`tokenize` turns a batch of strings into
+    ``(input_ids, attention_mask)``; ``forward`` passes those through.
+
+    Tokenising happens where batches are made (a loader's ``collate_fn``), on
+    the CPU: strings are not tensors. Texts are truncated at ``max_length``
+    tokens and each batch is padded to its longest text.
+    """
+
+    # The activations inside a text model have one length per batch: the
+    # frozen-feature cache keeps the pooled features of text, not those.
+    caches_activations = False
+
+    def __init__(self, tokenizer, max_length, source=None):
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.max_length = int(max_length)
+        self.source = source
+
+    @property
+    def config(self):
+        return (self.source, self.max_length)
+
+    def tokenize(self, texts):
+        tokens = self.tokenizer(
+            list(texts),
+            padding="longest",
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
+        return tokens["input_ids"], tokens["attention_mask"]
+
+    def sample(self):
+        return self.tokenize(["a"])
+
+    def forward(self, x):
+        return x
+
+    def extra_repr(self):
+        return f"source={self.source!r}, max_length={self.max_length}"
+
 
 def scale_and_resize(x, size, interpolation):
     """``(n, C, H, W)`` images as float32 in ``[0, 1]``, 3 channels, ``size`` x ``size``.
@@ -82,6 +129,11 @@ class Body(nn.Module):
         # Identifies the pretrained weights while they are as loaded; None
         # once any block may have trained, and for other weights.
         self.source = None
+
+    def caches_activations(self):
+        """Whether the frozen-feature cache may keep activations between blocks
+        (not for text, whose activations have one length per batch)."""
+        return getattr(self.preprocess, "caches_activations", True)
 
     def forward(self, x):
         return self.run_from(self.preprocess(x), 0)

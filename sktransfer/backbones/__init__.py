@@ -3,6 +3,7 @@
 - :mod:`.torchvision`: torchvision's image models by name (``"resnet18"``).
 - :mod:`.timm`: any timm image model as ``"timm:<model name>"``, and
   ``"efficientnet_lite0"``.
+- :mod:`.hf`: Hugging Face text encoders as ``"hf:<model name or local folder>"``.
 - :mod:`.module`: a user's own ``nn.Sequential`` of blocks.
 
 A named family is a module with ``names()`` (the names it lists) and
@@ -15,10 +16,10 @@ name: the estimators ask :func:`input_kind` and :func:`build`.
 
 from torch import nn
 
-from . import module, timm, torchvision
+from . import hf, module, timm, torchvision
 from ._common import PRISTINE, BackboneSpec, Weights, build_body
 
-NAMED_FAMILIES = (torchvision, timm)
+NAMED_FAMILIES = (torchvision, timm, hf)
 
 __all__ = ["BackboneSpec", "PRISTINE", "Weights", "build", "input_kind", "list_backbones"]
 
@@ -66,7 +67,7 @@ def named_spec(name):
 
 
 def input_kind(backbone):
-    """What ``backbone`` takes: ``"images"`` or ``"arrays"`` (a module's own input)."""
+    """What ``backbone`` takes: ``"images"``, ``"text"`` or ``"arrays"`` (a module's own input)."""
     if isinstance(backbone, nn.Module):
         return module.INPUT_KIND
     return named_spec(backbone).input_kind

