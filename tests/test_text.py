@@ -192,3 +192,18 @@ def test_text_errors(tmp_path):
         PretrainedFeatureExtractor(backbone=f"hf:{tmp_path}").fit(TEXTS)
     with pytest.raises(ValueError, match=r"backbone='hf:' names no model"):
         PretrainedFeatureExtractor(backbone="hf:").fit(TEXTS)
+
+
+def test_lora_on_the_top_layers_of_a_text_encoder():
+    pytest.importorskip("peft")
+    params = {"backbone": BACKBONE, "unfreeze_depth": 2, "max_epochs": 2, "batch_size": 4}
+    full = FineTunedClassifier(random_state=0, **params).fit(TEXTS, LABELS)
+    lora = FineTunedClassifier(strategy="lora", backbone_lr=5e-4, random_state=0, **params)
+    lora.fit(TEXTS, LABELS)
+    assert lora.n_trainable_params_["finetune"] < full.n_trainable_params_["finetune"] / 10
+    module = lora.net_.module_
+    assert not any("lora" in name for name, _ in module.named_parameters())  # merged
+    proba = lora.predict_proba(TEXTS)
+    np.testing.assert_allclose(proba.sum(axis=1), 1, rtol=1e-6)
+    reloaded = pickle.loads(pickle.dumps(lora))
+    np.testing.assert_array_equal(reloaded.predict_proba(TEXTS), proba)
