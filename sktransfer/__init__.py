@@ -3,8 +3,15 @@
 __version__ = "0.1.0.dev0"
 
 from ._cache import clear_cache  # noqa: E402
+from ._display import TransferCurveDisplay  # noqa: E402
 from ._extractor import PretrainedFeatureExtractor  # noqa: E402
 from ._finetune import FineTunedClassifier  # noqa: E402
 from .backbones import list_backbones  # noqa: E402
 
-__all__ = ["FineTunedClassifier", "PretrainedFeatureExtractor", "clear_cache", "list_backbones"]
+__all__ = [
+    "FineTunedClassifier",
+    "PretrainedFeatureExtractor",
+    "TransferCurveDisplay",
+    "clear_cache",
+    "list_backbones",
+]

@@ -48,7 +48,8 @@ from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from threadpoolctl import threadpool_limits
 from torch import nn
 
-from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor
+from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor, TransferCurveDisplay
+from sktransfer._display import few_shot_splits
 from sktransfer.datasets import fetch_fashion_mnist
 
 try:
@@ -222,22 +223,6 @@ def load_task(data="auto", data_home=None):
         return digits_task()
 
 
-def few_shot_splits(y, sizes, seed):
-    """Nested training sets of ``k`` examples per class and one disjoint test set.
-
-    Returns
-    -------
-    train : dict of int to ndarray
-        Indices of ``k`` examples of each class, for each ``k`` in ``sizes``.
-    test : ndarray
-        Indices of every example beyond the first ``max(sizes)`` of its class.
-    """
-    rng = np.random.RandomState(seed)
-    per_class = [rng.permutation(np.flatnonzero(y == c)) for c in np.unique(y)]
-    test = np.concatenate([idx[max(sizes) :] for idx in per_class])
-    return {k: np.concatenate([idx[:k] for idx in per_class]) for k in sizes}, test
-
-
 def chosen_params(search):
     """``unfreeze_depth@backbone_lr`` picked by the search, or ``0`` (head only)."""
     params = search.best_params_
@@ -294,18 +279,17 @@ def summarize(runs):
 
 
 def draw_curves(runs, ax, title):
-    """Plot mean test accuracy (bars: std over seeds) against examples per class."""
-    stats = runs.groupby(["method", "n_per_class"])["accuracy"].agg(["mean", "std"])
-    for method in METHODS:
-        s = stats.loc[method]
-        ax.errorbar(s.index, s["mean"], s["std"].fillna(0), marker="o", capsize=3, label=method)
-    sizes = sorted(runs["n_per_class"].unique())
-    ax.set(xscale="log", xlabel="training examples per class")
-    ax.set(ylabel="test accuracy", title=title)
-    ax.minorticks_off()
-    ax.set_xticks(sizes, labels=[str(k) for k in sizes])
-    ax.legend()
-    return ax
+    """Plot mean test accuracy (band: std over seeds) against examples per class."""
+    scores = {
+        method: runs[runs["method"] == method].pivot(
+            index="n_per_class", columns="seed", values="accuracy"
+        )
+        for method in METHODS
+    }
+    sizes = list(scores[METHODS[0]].index)
+    arrays = {method: table.to_numpy() for method, table in scores.items()}
+    display = TransferCurveDisplay(n_per_class=sizes, scores=arrays)
+    return display.plot(ax=ax, title=title).ax_
 
 
 def save_and_reload(search, X_test, y_test, path):
