@@ -57,7 +57,7 @@ class PretrainedFeatureExtractor(
         The frozen backbone, preprocessing included, in eval mode.
     n_features_in_ : int
         Number of features, for 2-D input to a module backbone.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Names of features, when ``X`` has string column names.
 
     See Also

@@ -308,7 +308,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         Class labels.
     n_features_in_ : int
         Number of features, for 2-D input to a module backbone.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Names of features, when ``X`` has string column names.
     net_ : skorch.NeuralNetClassifier
         The fitted net; its module is backbone blocks plus head.
