@@ -254,6 +254,12 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
     input_size : int or None, default=None
         Side in pixels images are resized to; ``None`` uses the weights' own.
         Only for named backbones.
+    max_length : int or None, default=None
+        Number of tokens a text is truncated at, for a text backbone
+        (``"hf:..."``); ``None`` uses the model's own limit (the
+        ``max_seq_length`` of its sentence-transformers configuration, else
+        the tokenizer's and the position embeddings' limit), capped at 256.
+        At most the model's position embeddings. Only for text backbones.
     train_bn : bool, default=False
         Whether BatchNorm layers of unfrozen blocks update their statistics and
         affine parameters. Ignored with ``strategy="lora"``.
@@ -361,6 +367,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "input_size": [None, Interval(Integral, 1, None, closed="left")],
+        "max_length": [None, Interval(Integral, 1, None, closed="left")],
         "train_bn": ["boolean"],
         "optimizer": [Options(set(_OPTIMIZERS)), type],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
@@ -391,6 +398,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         max_epochs=10,
         batch_size=32,
         input_size=None,
+        max_length=None,
         train_bn=False,
         optimizer="adam",
         weight_decay=0.0,
@@ -417,6 +425,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.input_size = input_size
+        self.max_length = max_length
         self.train_bn = train_bn
         self.optimizer = optimizer
         self.weight_decay = weight_decay

