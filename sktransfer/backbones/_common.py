@@ -70,6 +70,12 @@ class BackboneSpec:
         ``pool(model)``, called once the weights are loaded, returns the
         module from the last block's output to ``(n, d)`` features; None
         averages feature maps globally.
+    activations : object or None
+        How the frozen-feature cache keeps the activations between blocks
+        where they have one length per batch (text): an object with
+        ``split(activations, dtype)``, one batch to a list of per-sample
+        arrays, and ``collate(arrays)``, such a list to a batch. None: one
+        shape for every sample, kept as one array.
     """
 
     name: str
@@ -80,6 +86,7 @@ class BackboneSpec:
     resolve_weights: Callable[[object], Optional[Weights]]
     preprocessing: Callable[[nn.Module, Optional[Weights]], dict]
     pool: Optional[Callable[[nn.Module], nn.Module]] = None
+    activations: object = None
 
 
 def read_checkpoint(path):
@@ -194,7 +201,7 @@ def build_body(spec, weights, input_size, check_n_blocks=None, max_length=None):
         preprocess["size"] = input_size or preprocess["size"]
         preprocess = ImagePreprocess(**preprocess)
     pool = None if spec.pool is None else spec.pool(model)
-    body = Body(blocks, preprocess=preprocess, pool=pool)
+    body = Body(blocks, preprocess=preprocess, pool=pool, activations=spec.activations)
     body.infer_output_dim(preprocess.sample())
     if key is not None:
         body.source = (spec.name, resolved.source)

@@ -14,6 +14,9 @@ Tokenisation is the model's own tokenizer: truncation at the estimator's
 most the model's position embeddings), each batch padded to its longest
 text. The tokenizer's files and ``max_length`` are part of the cache keys.
 
+The frozen-feature cache keeps each sample's hidden states at its own
+tokens (:class:`TextActivations`) and pads them again per batch.
+
 Pooling follows the checkpoint's sentence-transformers configuration: the
 ``1_Pooling/config.json`` named by ``modules.json`` says mean over the
 attention mask or the CLS token, and a ``Normalize`` module in
@@ -197,6 +200,34 @@ class TextPool(nn.Module):
         return f"mode={self.mode!r}, normalize={self.normalize}"
 
 
+class TextActivations:
+    """How the frozen-feature cache keeps ``(hidden_states, mask)`` between blocks.
+
+    Texts in a batch are padded to the longest, so the activations have one
+    length per batch: :meth:`split` keeps each sample's hidden states at its
+    own tokens (memory as its own length), :meth:`collate` pads a batch of
+    them again, to its longest, with the mask. Tokenizers of BERT-like
+    encoders pad on the right, so a sample's tokens keep their positions and
+    the blocks above compute what they compute from the tokens.
+    """
+
+    def split(self, activations, dtype):
+        """One batch as a list of ``(n_tokens, d)`` arrays of ``dtype``."""
+        hidden, mask = activations
+        hidden, mask = hidden.to(dtype).cpu(), mask.bool().cpu()
+        return [h[m].numpy() for h, m in zip(hidden, mask)]
+
+    def collate(self, items):
+        """``(hidden_states, mask)`` of a batch of :meth:`split`'s arrays, float32."""
+        lengths = [len(x) for x in items]
+        hidden = torch.zeros(len(items), max(lengths), items[0].shape[-1])
+        mask = torch.zeros(len(items), max(lengths), dtype=torch.long)
+        for i, (x, n) in enumerate(zip(items, lengths)):
+            hidden[i, :n] = torch.from_numpy(x)
+            mask[i, :n] = 1
+        return hidden, mask
+
+
 def _blocks(model, name):
     layers = getattr(getattr(model, "encoder", None), "layer", None)
     if getattr(model, "embeddings", None) is None or layers is None:
@@ -316,4 +347,5 @@ def spec(name):
             name, source, model, max_length
         ),
         pool=lambda model: TextPool(*pooling_config(name, source)),
+        activations=TextActivations(),
     )
