@@ -681,7 +681,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
             stage, inputs = "pooled", pooled
         elif activations is None:  # every block trains
             stage, inputs = "raw", as_dataset(X, module.body.preprocess, y)
-        else:  # text: a dataset whose collate pads each batch of activations
+        else:  # the array, or (text) a dataset whose collate pads each batch
             stage, inputs = cut, training_inputs(module.body, activations, y)
         try:
             if warmup:
