@@ -177,6 +177,16 @@ class BackboneMixin:
                 f"input_size={self.input_size!r} only applies to a named image backbone; "
                 f"{takes}. Use input_size=None."
             )
+        if kind != "text" and self.max_length is not None:
+            takes = (
+                f"backbone={self.backbone!r} takes images"
+                if kind == "images"
+                else "a backbone given as a module takes its input as it is"
+            )
+            raise ValueError(
+                f"max_length={self.max_length!r} only applies to a text backbone "
+                f"('hf:<model>'); {takes}. Use max_length=None."
+            )
         try:
             torch.device(self.device)
         except (RuntimeError, TypeError) as exc:
@@ -193,6 +203,7 @@ class BackboneMixin:
             self.input_size,
             lambda: first_batch(X, None),
             check_n_blocks,
+            max_length=self.max_length,
         )
         if self.channels_last:
             body.to(memory_format=torch.channels_last)

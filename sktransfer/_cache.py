@@ -11,6 +11,12 @@ random augmentation, so their outputs are computed once and reused:
   (:meth:`FrozenStore.predict_outputs`): the candidates of a search score
   each validation fold from the same outputs.
 
+Activations of one shape for every sample (images, vectors) are kept as one
+array. Where each sample's have a length of its own (text, padded per batch)
+the body's ``activations`` splits them: an object array holds one array per
+sample, and the body's ``collate`` pads each batch again when training and
+predicting (:func:`stored_batches`, :func:`training_inputs`).
+
 ``FROZEN`` is the one store; :func:`clear_cache` empties it and the store of
 loaded backbones.
 """
@@ -55,10 +61,63 @@ def _input_batches(body, X, batch_size, device, channels_last, contiguous):
         yield body.preprocess(memory_format(to_device(xb, device), channels_last))
 
 
-def _stored_batches(activations, batch_size, device, channels_last):
-    """Batches of stored activations; float16 ones compute in float32 (or autocast)."""
-    for a in iter_batches(activations, None, batch_size):
+def _kept(body, a, dtype):
+    """One batch of activations as the cache keeps it: an array of ``dtype``, or
+    an object array of each sample's own where the body splits them."""
+    if getattr(body, "activations", None) is None:  # bodies pickled before it
+        return a.to(dtype).cpu().numpy()
+    items = body.activations.split(a, dtype)
+    kept = np.empty(len(items), dtype=object)
+    for i, item in enumerate(items):
+        kept[i] = item
+    return kept
+
+
+def nbytes(stored):
+    """Bytes of stored activations or features, per-sample arrays included."""
+    if stored.dtype == object:
+        return sum(a.nbytes for a in stored)
+    return stored.nbytes
+
+
+def stored_batches(body, stored, batch_size, device, channels_last):
+    """Batches of stored activations (or pooled features), in order; float16
+    ones compute in float32 (or autocast). Per-sample ones go through the
+    body's ``collate``, padded to the longest of each batch."""
+    if stored.dtype == object:
+        for start in range(0, len(stored), batch_size):
+            batch = body.activations.collate(list(stored[start : start + batch_size]))
+            yield to_device(batch, device)
+        return
+    for a in iter_batches(stored, None, batch_size):
         yield memory_format(a.to(device), channels_last).float()
+
+
+class _StoredDataset(torch.utils.data.Dataset):
+    """Per-sample activations and labels; :meth:`collate` pads a batch."""
+
+    def __init__(self, stored, collate, y):
+        self.stored = stored
+        self.collate_inputs = collate
+        self.y = y
+
+    def __len__(self):
+        return len(self.stored)
+
+    def __getitem__(self, i):
+        return self.stored[i], self.y[i]
+
+    def collate(self, batch):
+        items, ys = zip(*batch)
+        return self.collate_inputs(list(items)), torch.as_tensor(np.asarray(ys))
+
+
+def training_inputs(body, stored, y):
+    """What the training loop takes for stored activations: the array, or a
+    dataset whose ``collate`` pads per-sample ones batch by batch."""
+    if stored.dtype != object:
+        return stored
+    return _StoredDataset(stored, body.activations.collate, y)
 
 
 def run_blocks(body, batches, begin, end, device, precision, keep, finish):
@@ -79,7 +138,7 @@ def run_blocks(body, batches, begin, end, device, precision, keep, finish):
             for block in body.blocks[begin:end]:
                 a = block(a)
             if keep:
-                activations.append(a.to(stored).cpu().numpy())
+                activations.append(_kept(body, a, stored))
             if finish:
                 pooled.append(body.run_from(a, end).float().cpu().numpy())
     body.train(was_training)
@@ -120,7 +179,7 @@ def frozen_outputs(
     begin, pooled, earlier = start
     if begin == cut or not keep:
         return pooled, earlier if keep else None
-    batches = _stored_batches(earlier, batch_size, device, channels_last)
+    batches = stored_batches(body, earlier, batch_size, device, channels_last)
     return pooled, run_blocks(body, batches, begin, cut, device, precision, True, False)[0]
 
 
@@ -222,7 +281,7 @@ class FrozenStore:
             batches = _input_batches(body, X, batch_size, device, channels_last, contiguous=True)
             begin = 0
         else:
-            batches = _stored_batches(entry[lower], batch_size, device, channels_last)
+            batches = stored_batches(body, entry[lower], batch_size, device, channels_last)
             begin = lower
         last = cut == n_blocks
         activations, pooled = run_blocks(
@@ -231,9 +290,9 @@ class FrozenStore:
         stored = pooled if last else activations
         with self._lock:
             entry[cut] = stored
-            size = sum(a.nbytes for e in self._recent.values() for a in e.values())
+            size = sum(nbytes(a) for e in self._recent.values() for a in e.values())
             while size > self.max_bytes and len(self._recent) > 1:
-                size -= sum(a.nbytes for a in self._recent.popitem(last=False)[1].values())
+                size -= sum(nbytes(a) for a in self._recent.popitem(last=False)[1].values())
         return stored
 
 

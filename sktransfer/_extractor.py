@@ -39,6 +39,12 @@ class PretrainedFeatureExtractor(
     input_size : int or None, default=None
         Side in pixels images are resized to; ``None`` uses the weights' own.
         Only for named backbones.
+    max_length : int or None, default=None
+        Number of tokens a text is truncated at, for a text backbone
+        (``"hf:..."``); ``None`` uses the model's own limit (the
+        ``max_seq_length`` of its sentence-transformers configuration, else
+        the tokenizer's and the position embeddings' limit), capped at 256.
+        At most the model's position embeddings. Only for text backbones.
     device : str, default="cpu"
         Torch device of the forward passes.
     random_state : int, RandomState instance or None, default=None
@@ -80,6 +86,7 @@ class PretrainedFeatureExtractor(
         "weights": [None, str, os.PathLike, WeightsEnum],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "input_size": [None, Interval(Integral, 1, None, closed="left")],
+        "max_length": [None, Interval(Integral, 1, None, closed="left")],
         "device": [str, torch.device],
         "random_state": ["random_state"],
         "precision": [Options(set(PRECISIONS))],
@@ -93,6 +100,7 @@ class PretrainedFeatureExtractor(
         weights="DEFAULT",
         batch_size=64,
         input_size=None,
+        max_length=None,
         device="cpu",
         random_state=None,
         precision="float32",
@@ -102,6 +110,7 @@ class PretrainedFeatureExtractor(
         self.weights = weights
         self.batch_size = batch_size
         self.input_size = input_size
+        self.max_length = max_length
         self.device = device
         self.random_state = random_state
         self.precision = precision

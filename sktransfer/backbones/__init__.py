@@ -73,8 +73,11 @@ def input_kind(backbone):
     return named_spec(backbone).input_kind
 
 
-def build(backbone, weights, input_size, sample, check_n_blocks=None):
+def build(backbone, weights, input_size, sample, check_n_blocks=None, max_length=None):
     """``backbone`` as a :class:`~sktransfer._modules.Body`, weights loaded.
+
+    ``input_size`` applies to named image backbones, ``max_length`` to text
+    ones (the estimators check that before).
 
     ``sample()`` returns one input batch, which a module backbone runs once
     to size its output (and its lazy layers). ``check_n_blocks(n_blocks)``
@@ -82,4 +85,4 @@ def build(backbone, weights, input_size, sample, check_n_blocks=None):
     """
     if isinstance(backbone, nn.Module):
         return module.build_body(backbone, weights, sample(), check_n_blocks)
-    return build_body(named_spec(backbone), weights, input_size, check_n_blocks)
+    return build_body(named_spec(backbone), weights, input_size, check_n_blocks, max_length)

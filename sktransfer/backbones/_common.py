@@ -58,15 +58,24 @@ class BackboneSpec:
         ``resolve_weights(weights)`` returns a :class:`Weights`, or None for
         ``weights=None``; it raises ValueError for weights it does not know.
     preprocessing : callable
-        ``preprocessing(model, resolved)`` returns ``size``, ``mean``, ``std``
+        ``preprocessing(model, resolved, max_length)`` returns ``size``, ``mean``, ``std``
         and ``interpolation`` for the resolved weights (None: those the
         pretrained weights would have, so that pretrained and scratch see the
         same input), or a preprocessing module of its own (a tokenizer's
         :class:`~sktransfer._modules.TextPreprocess`) with a ``sample()`` batch.
+        ``max_length`` is the estimator's limit of tokens per text (None: the
+        model's own); image families ignore it (the estimators refuse it for
+        them).
     pool : callable or None
         ``pool(model)``, called once the weights are loaded, returns the
         module from the last block's output to ``(n, d)`` features; None
         averages feature maps globally.
+    activations : object or None
+        How the frozen-feature cache keeps the activations between blocks
+        where they have one length per batch (text): an object with
+        ``split(activations, dtype)``, one batch to a list of per-sample
+        arrays, and ``collate(arrays)``, such a list to a batch. None: one
+        shape for every sample, kept as one array.
     """
 
     name: str
@@ -77,6 +86,7 @@ class BackboneSpec:
     resolve_weights: Callable[[object], Optional[Weights]]
     preprocessing: Callable[[nn.Module, Optional[Weights]], dict]
     pool: Optional[Callable[[nn.Module], nn.Module]] = None
+    activations: object = None
 
 
 def read_checkpoint(path):
@@ -163,14 +173,17 @@ class PristineStore:
 PRISTINE = PristineStore()
 
 
-def build_body(spec, weights, input_size, check_n_blocks=None):
+def build_body(spec, weights, input_size, check_n_blocks=None, max_length=None):
     """Build ``spec`` as a :class:`Body`, weights loaded, output size known.
+
+    ``input_size`` (images) and ``max_length`` (text) are the estimator's
+    preprocessing options, None for the weights' or the model's own.
 
     ``check_n_blocks(n_blocks)`` runs before any weights are read. The body's
     ``source`` identifies its pretrained weights (None for ``weights=None``).
     """
     resolved = spec.resolve_weights(weights)
-    key = None if resolved is None else (spec.name, resolved.source, input_size)
+    key = None if resolved is None else (spec.name, resolved.source, input_size, max_length)
     body = None if key is None else PRISTINE.get(key)
     if body is not None:
         if check_n_blocks is not None:
@@ -183,12 +196,12 @@ def build_body(spec, weights, input_size, check_n_blocks=None):
     if resolved is not None:
         what = weights if isinstance(weights, str) else str(resolved.source)
         load_strict(model, resolved.load(), what, spec.head_prefixes)
-    preprocess = spec.preprocessing(model, resolved)
+    preprocess = spec.preprocessing(model, resolved, max_length)
     if not isinstance(preprocess, nn.Module):
         preprocess["size"] = input_size or preprocess["size"]
         preprocess = ImagePreprocess(**preprocess)
     pool = None if spec.pool is None else spec.pool(model)
-    body = Body(blocks, preprocess=preprocess, pool=pool)
+    body = Body(blocks, preprocess=preprocess, pool=pool, activations=spec.activations)
     body.infer_output_dim(preprocess.sample())
     if key is not None:
         body.source = (spec.name, resolved.source)

@@ -8,10 +8,14 @@ with the attention mask the model itself would build from it. The split is
 of BERT-like encoders, whose public submodules are ``embeddings`` and
 ``encoder.layer``; other layouts are refused by name.
 
-Tokenisation is the model's own tokenizer: truncation at ``max_length``
-tokens (the ``max_seq_length`` of the folder's ``sentence_bert_config.json``,
-else the model's own limit, capped at 256), each batch padded to its longest
-text.
+Tokenisation is the model's own tokenizer: truncation at the estimator's
+``max_length`` tokens (by default the ``max_seq_length`` of the folder's
+``sentence_bert_config.json``, else the model's own limit, capped at 256; at
+most the model's position embeddings), each batch padded to its longest
+text. The tokenizer's files and ``max_length`` are part of the cache keys.
+
+The frozen-feature cache keeps each sample's hidden states at its own
+tokens (:class:`TextActivations`) and pads them again per batch.
 
 Pooling follows the checkpoint's sentence-transformers configuration: the
 ``1_Pooling/config.json`` named by ``modules.json`` says mean over the
@@ -196,6 +200,34 @@ class TextPool(nn.Module):
         return f"mode={self.mode!r}, normalize={self.normalize}"
 
 
+class TextActivations:
+    """How the frozen-feature cache keeps ``(hidden_states, mask)`` between blocks.
+
+    Texts in a batch are padded to the longest, so the activations have one
+    length per batch: :meth:`split` keeps each sample's hidden states at its
+    own tokens (memory as its own length), :meth:`collate` pads a batch of
+    them again, to its longest, with the mask. Tokenizers of BERT-like
+    encoders pad on the right, so a sample's tokens keep their positions and
+    the blocks above compute what they compute from the tokens.
+    """
+
+    def split(self, activations, dtype):
+        """One batch as a list of ``(n_tokens, d)`` arrays of ``dtype``."""
+        hidden, mask = activations
+        hidden, mask = hidden.to(dtype).cpu(), mask.bool().cpu()
+        return [h[m].numpy() for h, m in zip(hidden, mask)]
+
+    def collate(self, items):
+        """``(hidden_states, mask)`` of a batch of :meth:`split`'s arrays, float32."""
+        lengths = [len(x) for x in items]
+        hidden = torch.zeros(len(items), max(lengths), items[0].shape[-1])
+        mask = torch.zeros(len(items), max(lengths), dtype=torch.long)
+        for i, (x, n) in enumerate(zip(items, lengths)):
+            hidden[i, :n] = torch.from_numpy(x)
+            mask[i, :n] = 1
+        return hidden, mask
+
+
 def _blocks(model, name):
     layers = getattr(getattr(model, "encoder", None), "layer", None)
     if getattr(model, "embeddings", None) is None or layers is None:
@@ -248,10 +280,46 @@ def _build_model(name, source):
     return transformers.AutoModel.from_config(config)
 
 
-def _preprocessing(name, source, model):
+# The files a tokenizer is read from, in the folders transformers writes.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "*.model",  # sentencepiece
+)
+
+
+def _tokenizer_stamp(source):
+    """The tokenizer's files as they are now (a folder), or the hub name, for cache keys."""
+    if not os.path.isdir(source):
+        return ("hub", source)
+    files = sorted({f for p in TOKENIZER_FILES for f in glob.glob(os.path.join(source, p))})
+    return ("folder", os.path.abspath(source), tuple(file_stamp(f) for f in files))
+
+
+def _check_max_length(name, max_length, config):
+    """``max_length`` tokens must fit the model's position embeddings."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if isinstance(limit, int) and max_length > limit:
+        raise ValueError(
+            f"max_length={max_length}, but backbone={name!r} has position embeddings for "
+            f"{limit} tokens; use 1..{limit} or None (the model's own limit, at most "
+            f"{MAX_LENGTH})."
+        )
+
+
+def _preprocessing(name, source, model, max_length=None):
     transformers = _transformers(name)
+    if max_length is not None:
+        _check_max_length(name, max_length, model.config)
     tokenizer = _from_hub(name, source, transformers.AutoTokenizer.from_pretrained)
-    return TextPreprocess(tokenizer, _max_length(source, tokenizer, model.config), source)
+    if max_length is None:
+        max_length = _max_length(source, tokenizer, model.config)
+    return TextPreprocess(tokenizer, max_length, source, _tokenizer_stamp(source))
 
 
 def names():
@@ -275,6 +343,9 @@ def spec(name):
         blocks=lambda model: _blocks(model, name),
         head_prefixes=("pooler.",),  # BERT's pooler is not used: the pooling is ours
         resolve_weights=lambda weights: _resolve_weights(name, source, weights),
-        preprocessing=lambda model, resolved: _preprocessing(name, source, model),
+        preprocessing=lambda model, resolved, max_length: _preprocessing(
+            name, source, model, max_length
+        ),
         pool=lambda model: TextPool(*pooling_config(name, source)),
+        activations=TextActivations(),
     )

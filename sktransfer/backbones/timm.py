@@ -351,7 +351,7 @@ def _build_model(name, model_name):
     return model
 
 
-def _preprocessing(model, resolved):
+def _preprocessing(model, resolved, max_length=None):
     cfg = model.pretrained_cfg
     return {
         "size": cfg["input_size"][-1],

@@ -114,5 +114,5 @@ def spec(name):
         blocks=blocks,
         head_prefixes=head_prefixes,
         resolve_weights=lambda weights: _resolve_weights(name, weights),
-        preprocessing=lambda model, resolved: _preprocessing(name, model, resolved),
+        preprocessing=lambda model, resolved, max_length: _preprocessing(name, model, resolved),
     )
