@@ -115,6 +115,27 @@ def models(seed, epochs, memory, lora_depth):
     }
 
 
+def print_means(rows):
+    """Mean accuracy and fit time of each corpus, size and method over the seeds.
+
+    The trainable parameters are given as a range where the searches chose
+    models of different sizes (``unfreeze_depth`` 0 in one seed, 2 in another).
+    """
+    print("\nmean over seeds (accuracy: mean and standard deviation):")
+    print(f"{'corpus':<15} {'n':>5} {'method':<15} {'accuracy':>14} {'params':>20} {'fit s':>7}")
+    for key in dict.fromkeys((r["corpus"], r["n_train"], r["method"]) for r in rows):
+        sel = [r for r in rows if (r["corpus"], r["n_train"], r["method"]) == key]
+        acc = [float(r["accuracy"]) for r in sel]
+        low, high = min(int(r["params"]) for r in sel), max(int(r["params"]) for r in sel)
+        params = f"{low:,}" if low == high else f"{low:,}..{high:,}"
+        fit = np.mean([float(r["fit_s"]) for r in sel])
+        corpus, n, name = key
+        print(
+            f"{corpus:<15} {n:>5} {name:<15} {np.mean(acc):.3f} +- {np.std(acc):.3f} "
+            f"{params:>20} {fit:>7.1f}"
+        )
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpora", nargs="+", choices=CORPORA, default=CORPORA)
@@ -184,25 +205,7 @@ def main(argv=None):
                             f"params {rows[-1]['params']:>10,} fit {seconds:6.1f} s {chosen}",
                             flush=True,
                         )
-    print("\nmean over seeds (accuracy: mean and standard deviation):")
-    print(f"{'corpus':<15} {'n':>5} {'method':<15} {'accuracy':>14} {'params':>11} {'fit s':>7}")
-    for corpus in args.corpora:
-        for n in args.sizes:
-            for name in dict.fromkeys(r["method"] for r in rows):
-                sel = [
-                    r
-                    for r in rows
-                    if r["corpus"] == corpus and r["n_train"] == n and r["method"] == name
-                ]
-                if not sel:
-                    continue
-                acc = [r["accuracy"] for r in sel]
-                params = np.mean([r["params"] for r in sel])
-                fit = np.mean([r["fit_s"] for r in sel])
-                print(
-                    f"{corpus:<15} {n:>5} {name:<15} {np.mean(acc):.3f} +- {np.std(acc):.3f} "
-                    f"{params:>11,.0f} {fit:>7.1f}"
-                )
+    print_means(rows)
     write_csv(rows, args.csv)
 
 
