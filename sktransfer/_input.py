@@ -31,16 +31,22 @@ class Texts(list):
     """A list of texts, tokenised batch by batch."""
 
 
+def _one_column(X):
+    """A pandas Series or one-column DataFrame as a 1-D array; anything else as it is."""
+    if hasattr(X, "iloc") and getattr(X, "ndim", 0) == 2 and X.shape[1] == 1:
+        X = X.iloc[:, 0]
+    if hasattr(X, "iloc") and getattr(X, "ndim", 0) == 1:
+        X = X.to_numpy()
+    return X
+
+
 def _paths_in(X):
     """The paths in ``X``, or None where ``X`` holds anything else.
 
     Paths come in a list, tuple or array, a pandas Series or a one-column
     DataFrame.
     """
-    if hasattr(X, "iloc") and getattr(X, "ndim", 0) == 2 and X.shape[1] == 1:
-        X = X.iloc[:, 0]
-    if hasattr(X, "iloc") and getattr(X, "ndim", 0) == 1:
-        X = X.to_numpy()
+    X = _one_column(X)
     if not isinstance(X, (list, tuple, np.ndarray)):
         return None
     if isinstance(X, np.ndarray) and X.dtype.kind not in "OU":
@@ -144,10 +150,7 @@ def check_texts(X, backbone):
     """Validate text input for a text backbone: a :class:`Texts` list of str."""
     if isinstance(X, str):
         raise ValueError(f"X is a single string; backbone={backbone!r} takes {TEXT_FORMS}: [X].")
-    if hasattr(X, "iloc") and getattr(X, "ndim", 0) == 2 and X.shape[1] == 1:
-        X = X.iloc[:, 0]
-    if hasattr(X, "iloc") and getattr(X, "ndim", 0) == 1:
-        X = X.to_numpy()
+    X = _one_column(X)
     if isinstance(X, np.ndarray) and X.ndim != 1:
         raise ValueError(
             f"X is an array of shape {X.shape}, but backbone={backbone!r} takes text: {TEXT_FORMS}."

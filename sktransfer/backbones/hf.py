@@ -243,14 +243,15 @@ def _blocks(model, name):
 # --- Weights, tokenizer, spec --------------------------------------------------------
 
 
+def _files_stamp(folder, patterns):
+    """The files of ``folder`` matching ``patterns`` as they are now, for cache keys."""
+    files = sorted({f for p in patterns for f in glob.glob(os.path.join(folder, p))})
+    return ("folder", os.path.abspath(folder), tuple(file_stamp(f) for f in files))
+
+
 def _folder_stamp(folder):
     """The folder's weights and config files as they are now, for cache keys."""
-    files = sorted(
-        glob.glob(os.path.join(folder, "*.safetensors"))
-        + glob.glob(os.path.join(folder, "*.bin"))
-        + glob.glob(os.path.join(folder, "config.json"))
-    )
-    return ("folder", os.path.abspath(folder), tuple(file_stamp(f) for f in files))
+    return _files_stamp(folder, ("*.safetensors", "*.bin", "config.json"))
 
 
 def _resolve_weights(name, source, weights):
@@ -297,8 +298,7 @@ def _tokenizer_stamp(source):
     """The tokenizer's files as they are now (a folder), or the hub name, for cache keys."""
     if not os.path.isdir(source):
         return ("hub", source)
-    files = sorted({f for p in TOKENIZER_FILES for f in glob.glob(os.path.join(source, p))})
-    return ("folder", os.path.abspath(source), tuple(file_stamp(f) for f in files))
+    return _files_stamp(source, TOKENIZER_FILES)
 
 
 def _check_max_length(name, max_length, config):
