@@ -2,6 +2,7 @@
 
 import copy
 import threading
+import warnings
 from contextlib import contextmanager
 
 import numpy as np
@@ -71,7 +72,9 @@ class ModuleByContent:
     ``joblib.hash`` treats it as any object (it does not memoise strings,
     which equal copies share differently). Unpickling gives the module itself,
     tied parameters still tied; other tensors (uninitialised lazy parameters)
-    pickle as usual.
+    pickle as usual. Each tensor keeps torch's location tag (``"cuda:0"``) and
+    loads there, or on the CPU where CUDA is not available, as
+    ``torch.load(..., map_location="cpu")`` would.
     """
 
     def __init__(self, module):
@@ -101,15 +104,23 @@ class _TensorContent:
     def __reduce__(self):
         t = self.tensor
         data = t.detach().cpu().reshape(-1).view(torch.uint8).numpy()
-        content = (t.dtype, tuple(t.shape), str(t.device), t.requires_grad)
+        location = torch.serialization.location_tag(t.untyped_storage())
+        content = (t.dtype, tuple(t.shape), location, t.requires_grad)
         return _tensor_from_content, (data, *content, type(t) is nn.Parameter)
 
 
-def _tensor_from_content(data, dtype, shape, device, requires_grad, parameter):
-    tensor = torch.from_numpy(np.array(data)).view(dtype).reshape(shape).to(device)
+def _tensor_from_content(data, dtype, shape, location, requires_grad, parameter):
+    tensor = torch.from_numpy(np.array(data)).view(dtype).reshape(shape)
+    if not cuda_missing(location):
+        tensor = tensor.to(location)
     if parameter:
         return nn.Parameter(tensor, requires_grad=requires_grad)
     return tensor.requires_grad_(requires_grad)
+
+
+def cuda_missing(device):
+    """Whether ``device`` is a CUDA device on a machine where CUDA is not available."""
+    return torch.device(device).type == "cuda" and not torch.cuda.is_available()
 
 
 def _fitted_attributes(estimator):
@@ -137,11 +148,46 @@ class BackboneMixin:
 
     def __getstate__(self):
         # joblib.hash pickles estimators (Pipeline(memory=...), searches): a
-        # module backbone pickles by content, so equal copies hash alike.
+        # module backbone pickles by content, so equal copies hash alike. Fitted
+        # modules too, so that a model fitted on a GPU loads where there is none.
         state = dict(super().__getstate__())
-        if isinstance(state.get("backbone"), nn.Module):
-            state["backbone"] = ModuleByContent(state["backbone"])
+        for name, value in state.items():
+            if isinstance(value, nn.Module):
+                state[name] = ModuleByContent(value)
         return state
+
+    def __setstate__(self, state):
+        # A model fitted on a GPU, loaded where CUDA is not available: its
+        # tensors have loaded on the CPU (skorch's and ModuleByContent's), and
+        # it predicts there. An unfitted estimator keeps its device, which
+        # ``fit`` then checks.
+        device = state.get("device")
+        fitted = any(k.endswith("_") and not k.startswith("__") for k in state)
+        if fitted and device is not None and cuda_missing(device):
+            warnings.warn(
+                f"{type(self).__name__} was fitted with device={str(device)!r}, but CUDA "
+                f"is not available on this machine: its weights are loaded on the CPU "
+                f"and it predicts there (device='cpu'). set_params(device=...) moves "
+                f"the fitted model to another device without refitting.",
+                UserWarning,
+                stacklevel=2,
+            )
+            state = {**state, "device": "cpu"}
+        super().__setstate__(state)
+
+    def _check_device(self):
+        """Raise if ``device`` is not a torch device, or a CUDA one without CUDA."""
+        try:
+            device = torch.device(self.device)
+        except (RuntimeError, TypeError) as exc:
+            raise ValueError(
+                f"device={self.device!r} is not a torch device; use e.g. 'cpu' or 'cuda'."
+            ) from exc
+        if cuda_missing(device):
+            raise ValueError(
+                f"device={self.device!r}, but CUDA is not available on this machine "
+                f"(torch.cuda.is_available() is False); use device='cpu'."
+            )
 
     def _check_input(self, X, reset):
         kind = self._input_kind()
@@ -187,12 +233,7 @@ class BackboneMixin:
                 f"max_length={self.max_length!r} only applies to a text backbone "
                 f"('hf:<model>'); {takes}. Use max_length=None."
             )
-        try:
-            torch.device(self.device)
-        except (RuntimeError, TypeError) as exc:
-            raise ValueError(
-                f"device={self.device!r} is not a torch device; use e.g. 'cpu' or 'cuda'."
-            ) from exc
+        self._check_device()
 
     def _load_backbone(self, X, check_n_blocks=None):
         """Build the backbone's :class:`Body` with its weights, output size known,

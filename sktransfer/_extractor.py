@@ -163,7 +163,8 @@ class PretrainedFeatureExtractor(
         """
         check_is_fitted(self)
         X = self._check_input(X, reset=False)
-        return embed(self.backbone_, X, *self._pass_options())
+        self._check_device()  # set_params(device=...) after fit moves the backbone
+        return embed(self.backbone_.to(self.device), X, *self._pass_options())
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

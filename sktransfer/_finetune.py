@@ -23,7 +23,7 @@ from skorch.utils import TeeGenerator, to_tensor
 from torch import nn
 from torchvision.models import WeightsEnum
 
-from ._base import BackboneMixin, draw_seeds, seeded_build, torch_seed
+from ._base import BackboneMixin, cuda_missing, draw_seeds, seeded_build, torch_seed
 from ._cache import (
     FROZEN,
     PRECISIONS,
@@ -119,9 +119,20 @@ class _TransferNet(NeuralNetClassifier):
         return state
 
     def __setstate__(self, state):
+        # Where CUDA is missing, skorch loads the tensors of a net fitted on a
+        # GPU on the CPU, and warns; the estimator that holds this net warns once.
+        if state.get("device") is not None and cuda_missing(state["device"]):
+            state = {**state, "device": "cpu"}
         super().__setstate__(state)
         if "module_" in self.__dict__:
             self.module = self.module_
+
+    def move_to(self, device):
+        """Put the fitted module and criterion on ``device``, for what runs next."""
+        if torch.device(device) != torch.device(self.device):
+            self.module_.to(device)
+            self.criterion_.to(device)
+            self.set_params(device=device)
 
 
 def fit_probe(features, y):
@@ -708,6 +719,8 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         """
         check_is_fitted(self)
         X = self._check_input(X, reset=False)
+        self._check_device()  # set_params(device=...) after fit moves the model
+        self.net_.move_to(self.device)
         module = self.net_.module_
         source = getattr(self, "_frozen_source_", None)
         if self.memory is None or source is None:
