@@ -8,6 +8,7 @@ import textwrap
 
 import joblib
 import numpy as np
+import pytest
 import torch
 from sklearn.base import clone
 from torch import nn
@@ -133,3 +134,47 @@ def test_unfitted_module_backbone_round_trips_through_pickle():
     assert joblib.hash(PretrainedFeatureExtractor(backbone=loaded)) == joblib.hash(estimator)
     assert loaded(torch.zeros(2, 4)).shape == (2, 3)  # its lazy layer sizes itself
     assert isinstance(backbone[3].weight, nn.parameter.UninitializedParameter)
+
+
+def _nbytes(module):
+    tensors = (*module.parameters(), *module.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors), len(tensors)
+
+
+@pytest.mark.parametrize(
+    "kind", ["classifier, module", "classifier, named", "extractor, module", "extractor, named"]
+)
+def test_pickled_size_is_the_weights_and_small_metadata(kind, tmp_path, images):
+    """A pickle holds the fitted network once (and a module backbone, the
+    parameter), with a few hundred bytes a tensor: no training data, no frozen
+    cache, no optimizer state, no second copy of the pretrained weights."""
+    from .conftest import make_mlp
+
+    rng = np.random.RandomState(0)
+    if "module" in kind:  # 3000 x 256 float32 activations at the cut: 3 MiB
+        X = rng.normal(size=(3000, 6)).astype(np.float32)
+        y = (X[:, 0] > 0).astype(int)
+        params = {"backbone": make_mlp(n_in=6, widths=(256, 256))}
+    else:
+        X, y = images
+        torch.manual_seed(0)
+        checkpoint = tmp_path / "mobilenet.pth"
+        torch.save(get_model("mobilenet_v3_small", weights=None).state_dict(), checkpoint)
+        params = {"backbone": "mobilenet_v3_small", "weights": str(checkpoint), "input_size": 32}
+    if kind.startswith("classifier"):
+        estimator = FineTunedClassifier(
+            **params, unfreeze_depth=1, max_epochs=2, memory=str(tmp_path / "cache")
+        )
+        estimator.fit(X, y).predict(X)  # frozen outputs kept on disk and in process
+        fitted = estimator.net_.module_
+    else:
+        estimator = PretrainedFeatureExtractor(**params).fit(X)
+        estimator.transform(X)
+        fitted = estimator.backbone_
+    n_bytes, n_tensors = _nbytes(fitted)
+    if "module" in kind:  # the user's module, a parameter, pickles too
+        more_bytes, more_tensors = _nbytes(estimator.backbone)
+        n_bytes, n_tensors = n_bytes + more_bytes, n_tensors + more_tensors
+    blob = pickle.dumps(estimator)
+    assert n_bytes < len(blob) < n_bytes + 1024 * n_tensors + 64 * 1024
+    assert X[:16].tobytes() not in blob
