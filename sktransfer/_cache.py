@@ -21,6 +21,8 @@ predicting (:func:`stored_batches`, :func:`training_inputs`).
 loaded backbones.
 """
 
+import math
+import sys
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -29,6 +31,7 @@ import joblib
 import numpy as np
 import torch
 from sklearn.utils.validation import check_memory
+from tqdm import tqdm
 
 from . import __version__
 from ._input import ImagePaths, file_stamp, iter_batches, to_device
@@ -52,6 +55,19 @@ def memory_format(x, channels_last):
     if channels_last and isinstance(x, torch.Tensor) and x.ndim == 4:
         return x.contiguous(memory_format=torch.channels_last)
     return x
+
+
+# Passes of fewer batches run without a progress bar.
+PROGRESS_MIN_BATCHES = 4
+
+
+def with_progress(batches, n_samples, batch_size, progress):
+    """``batches`` behind a tqdm bar on stderr, described by ``progress``; as they
+    are where ``progress`` is None or the pass is short."""
+    total = math.ceil(n_samples / batch_size)
+    if progress is None or total < PROGRESS_MIN_BATCHES:
+        return batches
+    return tqdm(batches, total=total, desc=progress, unit="batch", file=sys.stderr, leave=False)
 
 
 def _input_batches(body, X, batch_size, device, channels_last, contiguous):
@@ -148,17 +164,27 @@ def run_blocks(body, batches, begin, end, device, precision, keep, finish):
     )
 
 
-def embed(body, X, batch_size, device, precision="float32", channels_last=False):
+def embed(body, X, batch_size, device, precision="float32", channels_last=False, progress=None):
     """Pooled features of ``X`` through the whole ``body``.
 
     Batches keep the input's memory layout (channels-last images run faster).
+    ``progress``: the description of a progress bar (:func:`with_progress`).
     """
     batches = _input_batches(body, X, batch_size, device, channels_last, contiguous=False)
+    batches = with_progress(batches, len(X), batch_size, progress)
     return run_blocks(body, batches, 0, 0, device, precision, keep=False, finish=True)[1]
 
 
 def frozen_outputs(
-    body, X, cut, batch_size, device, precision="float32", channels_last=False, start=None
+    body,
+    X,
+    cut,
+    batch_size,
+    device,
+    precision="float32",
+    channels_last=False,
+    start=None,
+    progress=None,
 ):
     """What a fit trains on: ``(pooled, activations)`` of ``X``.
 
@@ -169,26 +195,31 @@ def frozen_outputs(
 
     ``start``, ``(k, pooled, activations)`` from a pass over the same ``X``
     to a cut ``0 < k <= cut``, continues it: only blocks ``k`` to ``cut`` run.
+    ``progress``: the description of a progress bar (:func:`with_progress`).
     """
     n_blocks = len(body.blocks)
     keep = 0 < cut < n_blocks
     if start is None:
         batches = _input_batches(body, X, batch_size, device, channels_last, contiguous=True)
+        batches = with_progress(batches, len(X), batch_size, progress)
         activations, pooled = run_blocks(body, batches, 0, cut, device, precision, keep, True)
         return pooled, activations
     begin, pooled, earlier = start
     if begin == cut or not keep:
         return pooled, earlier if keep else None
     batches = stored_batches(body, earlier, batch_size, device, channels_last)
+    batches = with_progress(batches, len(earlier), batch_size, progress)
     return pooled, run_blocks(body, batches, begin, cut, device, precision, True, False)[0]
 
 
 def _frozen_outputs_by_key(
-    body, X, cut, batch_size, device, precision, channels_last, key, start=None
+    body, X, cut, batch_size, device, precision, channels_last, key, start=None, progress=None
 ):
     """:func:`frozen_outputs` for ``joblib.Memory``, which ignores ``body``,
-    ``X``, ``device`` and ``start``: ``key`` stands for body and data."""
-    return frozen_outputs(body, X, cut, batch_size, device, precision, channels_last, start)
+    ``X``, ``device``, ``start`` and ``progress``: ``key`` stands for body and data."""
+    return frozen_outputs(
+        body, X, cut, batch_size, device, precision, channels_last, start, progress
+    )
 
 
 def _tensor_bytes(tensor):
@@ -239,16 +270,17 @@ class FrozenStore:
         with self._lock:
             self._recent.clear()
 
-    def fit_outputs(self, memory, body, X, cut, source, options):
+    def fit_outputs(self, memory, body, X, cut, source, options, progress=None):
         """:func:`frozen_outputs` kept by ``memory`` (a folder or ``joblib.Memory``).
 
         The key is ``source`` (:func:`weights_key` of the weights as loaded),
         the data, the cut, ``options`` (batch size, device, precision,
         channels-last) and the library versions. A pass to a cut with nothing
         stored continues the stored pass to the closest lower cut.
+        ``progress``: the description of a progress bar over a pass that runs.
         """
         cached = check_memory(memory).cache(
-            _frozen_outputs_by_key, ignore=["body", "X", "device", "start"]
+            _frozen_outputs_by_key, ignore=["body", "X", "device", "start", "progress"]
         )
         key = joblib.hash((source, data_key(X), VERSIONS))
         start = None
@@ -257,7 +289,7 @@ class FrozenStore:
                 if cached.check_call_in_cache(body, X, k, *options, key=key):
                     start = (k, *cached(body, X, k, *options, key=key))
                     break
-        return cached(body, X, cut, *options, key=key, start=start)
+        return cached(body, X, cut, *options, key=key, start=start, progress=progress)
 
     def predict_outputs(self, body, X, cut, source, options):
         """What the blocks below ``cut`` give for ``X``: the activations

@@ -56,6 +56,9 @@ class PretrainedFeatureExtractor(
     channels_last : bool, default=False
         Put 4-D weights and inputs in ``torch.channels_last`` memory format,
         which convolutions on GPUs run faster in.
+    verbose : int, default=0
+        From 1, a progress bar on stderr follows ``transform`` over inputs of
+        4 batches or more; 0 prints nothing.
 
     Attributes
     ----------
@@ -91,6 +94,7 @@ class PretrainedFeatureExtractor(
         "random_state": ["random_state"],
         "precision": [Options(set(PRECISIONS))],
         "channels_last": ["boolean"],
+        "verbose": ["verbose"],
     }
 
     def __init__(
@@ -105,6 +109,7 @@ class PretrainedFeatureExtractor(
         random_state=None,
         precision="float32",
         channels_last=False,
+        verbose=0,
     ):
         self.backbone = backbone
         self.weights = weights
@@ -115,6 +120,7 @@ class PretrainedFeatureExtractor(
         self.random_state = random_state
         self.precision = precision
         self.channels_last = channels_last
+        self.verbose = verbose
 
     def fit(self, X, y=None):
         """Load the backbone and its weights.
@@ -164,7 +170,9 @@ class PretrainedFeatureExtractor(
         check_is_fitted(self)
         X = self._check_input(X, reset=False)
         self._check_device()  # set_params(device=...) after fit moves the backbone
-        return embed(self.backbone_.to(self.device), X, *self._pass_options())
+        progress = f"{type(self).__name__}: transform" if self.verbose else None
+        body = self.backbone_.to(self.device)
+        return embed(body, X, *self._pass_options(), progress=progress)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -321,7 +321,10 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         so the candidates of a search score each validation fold from the
         same ones; ``memory=None`` turns it off for a model to serve.
     verbose : int, default=0
-        Verbosity of skorch's per-epoch log and of the cache.
+        Verbosity of skorch's per-epoch log and of the cache. From 1, a
+        progress bar on stderr follows the frozen blocks' pass over the
+        training set (for the cache or the linear probe) where it takes 4
+        batches or more.
 
     Attributes
     ----------
@@ -636,7 +639,9 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         """Set the head to a logistic regression on the frozen backbone's features."""
         if frozen is None:  # the features the cache would hold, computed alike
             body = module.body.to(self.device)
-            pooled, _ = frozen_outputs(body, X, len(body.blocks), *self._pass_options())
+            pooled, _ = frozen_outputs(
+                body, X, len(body.blocks), *self._pass_options(), progress=self._progress()
+            )
             coef, intercept = fit_probe(pooled, y)
         else:  # candidates of a search on the same fold share the probe
             coef, intercept = self._cached(fit_probe)(frozen[0], y)
@@ -671,10 +676,13 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         """
         body.eval().to(self.device)
         options = self._pass_options()
+        progress = self._progress()
         if self.memory is None:
-            pooled, activations = frozen_outputs(body, X, cut, *options)
+            pooled, activations = frozen_outputs(body, X, cut, *options, progress=progress)
         else:
-            pooled, activations = FROZEN.fit_outputs(self.memory, body, X, cut, source, options)
+            pooled, activations = FROZEN.fit_outputs(
+                self.memory, body, X, cut, source, options, progress
+            )
         if self.verbose:
             size = nbytes(activations if activations is not None else pooled) / 2**20
             print(
@@ -682,6 +690,10 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
                 f"cut before block {cut} of {len(body.blocks)}, {size:.1f} MiB."
             )
         return pooled, activations
+
+    def _progress(self):
+        """The description of the frozen pass's progress bar; None at ``verbose=0``."""
+        return f"{type(self).__name__}: frozen blocks" if self.verbose else None
 
     def _fit_on_frozen_inputs(self, net, X, y, cut, pooled, activations):
         """Train on cached frozen outputs: pooled features in the warm-up, then
