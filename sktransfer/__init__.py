@@ -3,6 +3,7 @@
 __version__ = "0.1.0.dev0"
 
 from ._cache import clear_cache  # noqa: E402
+from ._deploy import load, save  # noqa: E402
 from ._display import TransferCurveDisplay  # noqa: E402
 from ._extractor import PretrainedFeatureExtractor  # noqa: E402
 from ._finetune import FineTunedClassifier  # noqa: E402
@@ -14,4 +15,6 @@ __all__ = [
     "TransferCurveDisplay",
     "clear_cache",
     "list_backbones",
+    "load",
+    "save",
 ]
