@@ -30,7 +30,7 @@ from torch import nn
 
 from . import backbones
 from ._base import seeded_build
-from ._modules import Body, GlobalPool, ImagePreprocess, TextPreprocess, TransferModule
+from ._modules import Body, ImagePreprocess, TextPreprocess, TransferModule
 
 FORMAT = "sktransfer-model"
 VERSION = 1
@@ -222,10 +222,8 @@ def describe(estimator):
     }
     if hasattr(estimator, "net_"):
         description["net_history"] = _plain(list(estimator.net_.history), "net_.history")
-    tensors = {
-        f"module.{k}": v.detach().cpu().clone()
-        for k, v in module.state_dict(keep_vars=False).items()
-    }
+    state = module.state_dict()
+    tensors = {f"module.{k}": v.detach().cpu().clone() for k, v in state.items()}
     files = _text_files(body) if description["backbone"]["preprocess"]["kind"] == "text" else {}
     return description, tensors, files
 
