@@ -136,12 +136,27 @@ class BackboneMixin:
         return backbones.input_kind(self.backbone)
 
     def __getstate__(self):
+        # A fitted model with a named backbone pickles as plain values (its
+        # description, weights as arrays), which skops loads trusting only
+        # the estimator's class: see sktransfer._deploy.
+        from ._deploy import STATE_KEY, plain_state
+
+        plain = plain_state(self)
+        if plain is not None:
+            return {STATE_KEY: plain}
         # joblib.hash pickles estimators (Pipeline(memory=...), searches): a
         # module backbone pickles by content, so equal copies hash alike.
         state = dict(super().__getstate__())
         if isinstance(state.get("backbone"), nn.Module):
             state["backbone"] = ModuleByContent(state["backbone"])
         return state
+
+    def __setstate__(self, state):
+        from ._deploy import STATE_KEY, from_plain_state
+
+        if STATE_KEY in state:
+            state = from_plain_state(state[STATE_KEY])
+        super().__setstate__(state)
 
     def _check_input(self, X, reset):
         kind = self._input_kind()

@@ -102,6 +102,23 @@ def _unplain(value):
     return value
 
 
+def _unplain_params(params):
+    """The parameters :func:`_plain_params` wrote, weights enums, paths and devices again."""
+    import pathlib
+
+    from torchvision.models import get_weight
+
+    params = _unplain(params)
+    for name, value in params.items():
+        if isinstance(value, dict) and set(value) == {"__weights_enum__"}:
+            params[name] = get_weight(value["__weights_enum__"])
+        elif isinstance(value, dict) and set(value) == {"__path__"}:
+            params[name] = pathlib.Path(value["__path__"])
+        elif isinstance(value, dict) and set(value) == {"__device__"}:
+            params[name] = torch.device(value["__device__"])
+    return params
+
+
 def _plain_params(estimator):
     """The parameters as plain values; an error for those that are not."""
     from torchvision.models import WeightsEnum
@@ -109,13 +126,17 @@ def _plain_params(estimator):
     params = {}
     for name, value in estimator.get_params(deep=False).items():
         if name == "backbone" and isinstance(value, nn.Module):
-            value = None  # the caller passes the module again at load
-        elif name == "weights" and isinstance(value, WeightsEnum):
-            value = f"{type(value).__name__}.{value.name}"  # the same weights, by name
-        elif name == "weights" and isinstance(value, os.PathLike):
-            value = os.fspath(value)
-        elif name == "device" and isinstance(value, torch.device):
-            value = str(value)
+            params[name] = None  # the caller passes the module again at load
+            continue
+        if name == "weights" and isinstance(value, WeightsEnum):
+            params[name] = {"__weights_enum__": f"{type(value).__name__}.{value.name}"}
+            continue
+        if name == "weights" and isinstance(value, os.PathLike):
+            params[name] = {"__path__": os.fspath(value)}
+            continue
+        if name == "device" and isinstance(value, torch.device):
+            params[name] = {"__device__": str(value)}
+            continue
         try:
             params[name] = _plain(value, f"{name}={value!r}")
         except TypeError as exc:
@@ -297,7 +318,7 @@ def _module_body(backbone, arch):
 def rebuild(description, tensors, files=None, backbone=None):
     """The fitted estimator that :func:`describe` described."""
     cls = _check_description(description)
-    params, arch = _unplain(description["params"]), description["backbone"]
+    params, arch = _unplain_params(description["params"]), description["backbone"]
     if arch["named"]:
         if backbone is not None:
             raise ValueError(
@@ -372,6 +393,47 @@ def _load_weights(module, state, backbone):
     except RuntimeError as exc:
         what = "the backbone module passed" if backbone is not None else "the rebuilt backbone"
         raise ValueError(f"the saved weights do not fit {what}: {exc}") from exc
+
+
+# --- Pickled state -----------------------------------------------------------------
+
+STATE_KEY = "_sktransfer_model"
+
+
+def plain_state(estimator):
+    """What a fitted estimator with a named backbone pickles as: plain values only.
+
+    The description as a JSON str, each tensor as its bytes (a uint8 array),
+    dtype name and shape, the backbone files as bytes. None where the
+    estimator pickles as usual: not fitted, a backbone module (pickled by
+    content), or a parameter that is not a plain value (a ``joblib.Memory``).
+    """
+    if not (hasattr(estimator, "net_") or hasattr(estimator, "backbone_")):
+        return None
+    if isinstance(estimator.backbone, nn.Module):
+        return None
+    try:
+        description, tensors, files = describe(estimator)
+    except ValueError:
+        return None
+    arrays = {
+        name: [t.contiguous().reshape(-1).view(torch.uint8).numpy(), str(t.dtype), list(t.shape)]
+        for name, t in tensors.items()
+    }
+    return {"description": json.dumps(description), "tensors": arrays, "files": files}
+
+
+def from_plain_state(state):
+    """The attributes of the estimator :func:`plain_state` described."""
+    tensors = {}
+    for name, (data, dtype, shape) in state["tensors"].items():
+        dtype = getattr(torch, str(dtype).removeprefix("torch."), None)
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"tensor {name!r} has no torch dtype.")
+        data = torch.from_numpy(np.ascontiguousarray(data, dtype=np.uint8))
+        tensors[name] = data.view(dtype).reshape(shape).clone()
+    estimator = rebuild(json.loads(state["description"]), tensors, state["files"])
+    return vars(estimator)
 
 
 # --- Files ------------------------------------------------------------------------
