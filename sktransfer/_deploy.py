@@ -270,6 +270,13 @@ def _check_description(description):
 def _named_body(arch, params, files):
     """The architecture of a named backbone, randomly initialised, as its registry builds it."""
     preprocess = arch["preprocess"]
+    kind = backbones.named_spec(params["backbone"]).input_kind
+    if kind != preprocess["kind"]:
+        raise ValueError(
+            f"backbone={params['backbone']!r} takes {kind}, but the saved model's "
+            f"preprocessing is for {preprocess['kind']}: the description is not one "
+            f"sktransfer.save writes."
+        )
     with tempfile.TemporaryDirectory() as folder:
         if preprocess["kind"] == "text":
             for name, content in files.items():
@@ -395,6 +402,45 @@ def _load_weights(module, state, backbone):
         raise ValueError(f"the saved weights do not fit {what}: {exc}") from exc
 
 
+# --- skops and MLflow --------------------------------------------------------------
+
+#: The types a file of a fitted sktransfer model holds beyond those ``skops.io``
+#: trusts by default: the estimator classes, whose pickled state is plain
+#: values (see :func:`plain_state`). Pass them as ``trusted`` to
+#: ``skops.io.load`` or as ``skops_trusted_types`` to ``mlflow.sklearn``.
+SKOPS_TRUSTED_TYPES = [
+    "sktransfer._finetune.FineTunedClassifier",
+    "sktransfer._extractor.PretrainedFeatureExtractor",
+]
+
+
+def pip_requirements():
+    """Pinned pip requirements of sktransfer's core dependencies that run a model.
+
+    MLflow infers a model's requirements from the modules its loading
+    imports, then leaves out the packages that an inferred package requires:
+    it writes ``sktransfer``, not ``torch``, ``torchvision`` or ``skorch``.
+    Pass this list as ``extra_pip_requirements`` to ``mlflow.sklearn.save_model``
+    or ``log_model`` to pin the versions the model was saved with.
+
+    Returns
+    -------
+    requirements : list of str
+        ``"torch==<version>"``, ``"torchvision==<version>"`` and
+        ``"skorch==<version>"``, as installed (local version labels such as
+        ``+cpu`` left out).
+
+    Examples
+    --------
+    >>> import sktransfer
+    >>> [r.split("==")[0] for r in sktransfer.pip_requirements()]
+    ['torch', 'torchvision', 'skorch']
+    """
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name).split('+')[0]}" for name in ("torch", "torchvision", "skorch")]
+
+
 # --- Pickled state -----------------------------------------------------------------
 
 STATE_KEY = "_sktransfer_model"
@@ -425,6 +471,11 @@ def plain_state(estimator):
 
 def from_plain_state(state):
     """The attributes of the estimator :func:`plain_state` described."""
+    files = state.get("files")
+    if not isinstance(files, dict) or not all(
+        isinstance(k, str) and isinstance(v, bytes) for k, v in files.items()
+    ):
+        raise ValueError("the pickled model's backbone files are not a mapping of names to bytes.")
     tensors = {}
     for name, (data, dtype, shape) in state["tensors"].items():
         dtype = getattr(torch, str(dtype).removeprefix("torch."), None)
@@ -432,7 +483,7 @@ def from_plain_state(state):
             raise ValueError(f"tensor {name!r} has no torch dtype.")
         data = torch.from_numpy(np.ascontiguousarray(data, dtype=np.uint8))
         tensors[name] = data.view(dtype).reshape(shape).clone()
-    estimator = rebuild(json.loads(state["description"]), tensors, state["files"])
+    estimator = rebuild(json.loads(state["description"]), tensors, files)
     return vars(estimator)
 
 
@@ -540,13 +591,17 @@ def load(path, backbone=None):
             f"path={os.fspath(path)!r} holds no {DESCRIPTION_FILE} written by "
             f"sktransfer.save ({type(exc).__name__}: {exc})."
         ) from exc
+    _check_description(description)
     weights = os.path.join(path, WEIGHTS_FILE)
     try:
         tensors = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for files it refuses
+        # torch's message on a refused pickle ends with what it refused.
+        reason = str(exc).split("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0]
+        reason = reason.split(". Please use")[0]  # not the advice to allow it
         raise ValueError(
             f"{weights!r} is not a file of tensors written by sktransfer.save and was not "
-            f"loaded ({type(exc).__name__}: {str(exc)[:300]})."
+            f"loaded ({type(exc).__name__}: {reason[:300]})."
         ) from exc
     if not isinstance(tensors, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in tensors.items()
