@@ -20,6 +20,7 @@ estimator classes.
 import copy
 import json
 import os
+import pathlib
 import tempfile
 from numbers import Integral, Real
 
@@ -104,8 +105,6 @@ def _unplain(value):
 
 def _unplain_params(params):
     """The parameters :func:`_plain_params` wrote, weights enums, paths and devices again."""
-    import pathlib
-
     from torchvision.models import get_weight
 
     params = _unplain(params)
@@ -194,11 +193,8 @@ def _text_files(body):
     with tempfile.TemporaryDirectory() as folder:
         config.save_pretrained(folder)
         body.preprocess.tokenizer.save_pretrained(folder)
-        return {
-            name: open(os.path.join(folder, name), "rb").read()
-            for name in _TEXT_FILES
-            if os.path.isfile(os.path.join(folder, name))
-        }
+        paths = {name: pathlib.Path(folder, name) for name in _TEXT_FILES}
+        return {name: path.read_bytes() for name, path in paths.items() if path.is_file()}
 
 
 def describe(estimator):

@@ -137,7 +137,7 @@ def test_cnn_extractor_with_a_module_backbone(tmp_path, images):
 
 def test_parameters_that_are_not_plain_values(tmp_path, vectors, checkpoint):
     X, y = vectors
-    clf = FineTunedClassifier(backbone=make_mlp(n_in=6), max_epochs=1, random_state=0).fit(X, y)
+    clf = FineTunedClassifier(backbone=make_mlp(n_in=6), max_epochs=2, random_state=0).fit(X, y)
     for name, value, hint in [
         ("memory", joblib.Memory(None, verbose=0), "memory=None"),
         ("optimizer", torch.optim.RMSprop, "'adam', 'adamw', 'sgd'"),
@@ -207,7 +207,7 @@ class Marker:
 
 def test_tampered_weights_file_is_refused_and_runs_nothing(tmp_path, vectors):
     X, y = vectors
-    clf = FineTunedClassifier(backbone=make_mlp(n_in=6), max_epochs=1, random_state=0).fit(X, y)
+    clf = FineTunedClassifier(backbone=make_mlp(n_in=6), max_epochs=2, random_state=0).fit(X, y)
     sktransfer.save(clf, tmp_path)
     marker = tmp_path / "marker"
     tensors = torch.load(tmp_path / "weights.pt", weights_only=True)
@@ -232,7 +232,7 @@ def test_tampered_weights_file_is_refused_and_runs_nothing(tmp_path, vectors):
 
 def test_description_naming_a_backbone_of_another_kind_is_refused(tmp_path, images, checkpoint):
     X, y = images
-    sktransfer.save(_named(checkpoint, max_epochs=1).fit(X, y), tmp_path)
+    sktransfer.save(_named(checkpoint, max_epochs=1, unfreeze_depth=0).fit(X, y), tmp_path)
     description = json.loads((tmp_path / "model.json").read_text())
     description["params"]["backbone"] = "hf:bert-base-uncased"
     (tmp_path / "model.json").write_text(json.dumps(description))
@@ -272,7 +272,7 @@ def test_skops_loads_trusting_only_sktransfer_and_refuses_a_tampered_file(
 ):
     sio = pytest.importorskip("skops.io")
     X, y = _string_labels(images)
-    clf = _named(checkpoint, max_epochs=1).fit(X, y)
+    clf = _named(checkpoint, max_epochs=1, unfreeze_depth=0).fit(X, y)
     path = tmp_path / "model.skops"
     sio.dump(clf, path)
     assert sio.get_untrusted_types(file=path) == ["sktransfer._finetune.FineTunedClassifier"]
@@ -330,7 +330,7 @@ def test_mlflow_default_format_saves_and_serves(tmp_path, images, checkpoint):
     mlflow_sklearn = pytest.importorskip("mlflow.sklearn")
     pytest.importorskip("skops")
     X, y = _string_labels(images)
-    clf = _named(checkpoint, max_epochs=1).fit(X, y)
+    clf = _named(checkpoint, max_epochs=1, unfreeze_depth=0).fit(X, y)
     # The default format, skops, trusts sklearn's own classes only by default.
     with pytest.raises(Exception, match=r"untrusted types.*sktransfer._finetune"):
         mlflow_sklearn.save_model(clf, tmp_path / "refused")
