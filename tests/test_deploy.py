@@ -14,6 +14,7 @@ import joblib
 import numpy as np
 import pytest
 import torch
+from sklearn.exceptions import NotFittedError
 from torchvision.models import MobileNet_V3_Small_Weights, get_model
 
 import sktransfer
@@ -137,6 +138,8 @@ def test_cnn_extractor_with_a_module_backbone(tmp_path, images):
 
 def test_parameters_that_are_not_plain_values(tmp_path, vectors, checkpoint):
     X, y = vectors
+    with pytest.raises(NotFittedError):
+        sktransfer.save(FineTunedClassifier(backbone=make_mlp(n_in=6)), tmp_path / "unfitted")
     clf = FineTunedClassifier(backbone=make_mlp(n_in=6), max_epochs=2, random_state=0).fit(X, y)
     for name, value, hint in [
         ("memory", joblib.Memory(None, verbose=0), "memory=None"),
