@@ -204,10 +204,7 @@ def describe(estimator):
     weights, state-dict keys prefixed by ``"module."``); ``files`` maps file
     names to bytes (a text backbone's tokenizer and configuration).
     """
-    classes = _estimator_classes()
-    if type(estimator).__name__ not in classes or type(estimator) is not classes.get(
-        type(estimator).__name__
-    ):
+    if type(estimator) not in _estimator_classes().values():
         raise TypeError(
             f"sktransfer saves FineTunedClassifier and PretrainedFeatureExtractor models; "
             f"got a {type(estimator).__name__}."
@@ -452,13 +449,15 @@ def plain_state(estimator):
     estimator pickles as usual: not fitted, a backbone module (pickled by
     content), or a parameter that is not a plain value (a ``joblib.Memory``).
     """
+    if type(estimator) not in _estimator_classes().values():
+        return None  # a subclass may hold state of its own
     if not (hasattr(estimator, "net_") or hasattr(estimator, "backbone_")):
         return None
     if isinstance(estimator.backbone, nn.Module):
         return None
     try:
         description, tensors, files = describe(estimator)
-    except ValueError:
+    except (ValueError, TypeError):  # a value that is not plain: pickled as usual
         return None
     arrays = {
         name: [t.contiguous().reshape(-1).view(torch.uint8).numpy(), str(t.dtype), list(t.shape)]
