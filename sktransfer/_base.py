@@ -147,6 +147,14 @@ class BackboneMixin:
         return backbones.input_kind(self.backbone)
 
     def __getstate__(self):
+        # A fitted model with a named backbone pickles as plain values (its
+        # description, weights as arrays), which skops loads trusting only
+        # the estimator's class: see sktransfer._deploy.
+        from ._deploy import STATE_KEY, plain_state
+
+        plain = plain_state(self)
+        if plain is not None:
+            return {STATE_KEY: plain}
         # joblib.hash pickles estimators (Pipeline(memory=...), searches): a
         # module backbone pickles by content, so equal copies hash alike. Fitted
         # modules too, so that a model fitted on a GPU loads where there is none.
@@ -161,6 +169,10 @@ class BackboneMixin:
         # tensors have loaded on the CPU (skorch's and ModuleByContent's), and
         # it predicts there. An unfitted estimator keeps its device, which
         # ``fit`` then checks.
+        from ._deploy import STATE_KEY, from_plain_state
+
+        if STATE_KEY in state:  # rebuilt on the CPU where CUDA is missing, see _deploy
+            state = from_plain_state(state[STATE_KEY])
         device = state.get("device")
         fitted = any(k.endswith("_") and not k.startswith("__") for k in state)
         if fitted and device is not None and cuda_missing(device):
