@@ -430,3 +430,50 @@ def test_lora_on_distilbert_adapts_q_lin_and_v_lin(tiny):
         assert torch.equal(below, getattr(saved.transformer.layer[0].attention, name).weight)
     probas = [clf.predict_proba(TEXTS) for clf in fits]
     assert np.abs(probas[0] - probas[1]).max() < 1e-5
+
+
+def _batch_widths(body):
+    """Record the padded width of every batch the bottom block of ``body`` runs on."""
+    widths = []
+    body.blocks[0].register_forward_hook(lambda m, args, out: widths.append(out[1].shape[1]))
+    return widths
+
+
+def test_texts_are_grouped_by_length_into_batches(tiny):
+    ext = PretrainedFeatureExtractor(backbone="hf:" + tiny("bert"), batch_size=4).fit(TEXTS)
+    lengths = ext.backbone_.preprocess.lengths(TEXTS)
+    alone = np.concatenate([ext.transform([text]) for text in TEXTS])  # no padding at all
+    widths = _batch_widths(ext.backbone_)
+    features = ext.transform(TEXTS)
+    by_length = sorted(lengths)
+    assert widths == [max(by_length[i : i + 4]) for i in (0, 4, 8)]
+    assert sum(widths) < sum(max(lengths[i : i + 4]) for i in (0, 4, 8))  # the data's order
+    # Outputs come back in the order of the input, as each text alone gives them.
+    assert np.abs(features - alone).max() < 1e-5
+    reversed_ = ext.transform(TEXTS[::-1])
+    assert np.abs(reversed_[::-1] - features).max() < 1e-5
+
+
+def test_predictions_are_grouped_by_length_in_the_input_order(tiny):
+    clf = FineTunedClassifier(backbone="hf:" + tiny("bert"), unfreeze_depth=1, batch_size=4,
+                              max_epochs=2, lr=1e-2, random_state=0)  # fmt: skip
+    clf.fit(TEXTS, LABELS)
+    lengths = clf.net_.module_.body.preprocess.lengths(TEXTS)
+    alone = np.concatenate([clf.predict_proba([text]) for text in TEXTS])
+    assert np.ptp(alone[:, 1]) > 1e-3  # texts get different probabilities
+    widths = _batch_widths(clf.net_.module_.body)
+    assert np.abs(clf.predict_proba(TEXTS) - alone).max() < 1e-5
+    assert widths == [max(sorted(lengths)[i : i + 4]) for i in (0, 4, 8)]
+
+
+def test_padding_leaves_mean_pooled_features_as_they_are():
+    ext = PretrainedFeatureExtractor(backbone=BACKBONE).fit(TEXTS)
+    body = ext.backbone_
+    long_text = "a long and winding review that goes on and on about the plot " * 4
+    with torch.no_grad():
+        padded = body(body.preprocess.tokenize(["boring.", long_text]))
+        alone = body(body.preprocess.tokenize(["boring."]))
+    mask = body.preprocess.tokenize(["boring.", long_text])[1]
+    assert mask.shape == (2, 54) and mask[0].sum() == 4  # 50 padded tokens
+    assert (padded[0] - alone[0]).abs().max().item() < 1e-5
+    assert (padded[0] - padded[1]).abs().max().item() > 0.1
