@@ -242,12 +242,6 @@ LAYOUTS = {
 }
 
 
-def _submodule(model, path):
-    for part in path.split("."):
-        model = getattr(model, part, None)
-    return model
-
-
 def _blocks(model, name):
     model_type = getattr(model.config, "model_type", None)
     if model_type not in LAYOUTS:
@@ -258,8 +252,8 @@ def _blocks(model, name):
         )
     if getattr(model.config, "is_decoder", False):
         raise ValueError(f"backbone={name!r} is a decoder; sktransfer takes text encoders.")
-    embeddings, layers = (_submodule(model, path) for path in LAYOUTS[model_type])
-    if "attention_mask" not in inspect.signature(layers[0].forward).parameters:
+    embeddings, layers = (model.get_submodule(path) for path in LAYOUTS[model_type])
+    if any("attention_mask" not in inspect.signature(x.forward).parameters for x in layers[:1]):
         import transformers
 
         raise ValueError(
