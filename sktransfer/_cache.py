@@ -34,7 +34,7 @@ from sklearn.utils.validation import check_memory
 from tqdm import tqdm
 
 from . import __version__
-from ._input import ImagePaths, file_stamp, iter_batches, to_device
+from ._input import ImagePaths, file_stamp, group_by_length, iter_batches, to_device
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # In disk keys: another release may compute (or read files) otherwise.
@@ -170,9 +170,10 @@ def embed(body, X, batch_size, device, precision="float32", channels_last=False,
     Batches keep the input's memory layout (channels-last images run faster).
     ``progress``: the description of a progress bar (:func:`with_progress`).
     """
+    X, restore = group_by_length(X, body.preprocess)  # texts: batches of similar length
     batches = _input_batches(body, X, batch_size, device, channels_last, contiguous=False)
     batches = with_progress(batches, len(X), batch_size, progress)
-    return run_blocks(body, batches, 0, 0, device, precision, keep=False, finish=True)[1]
+    return restore(run_blocks(body, batches, 0, 0, device, precision, keep=False, finish=True)[1])
 
 
 def frozen_outputs(
@@ -200,10 +201,11 @@ def frozen_outputs(
     n_blocks = len(body.blocks)
     keep = 0 < cut < n_blocks
     if start is None:
+        X, restore = group_by_length(X, body.preprocess)
         batches = _input_batches(body, X, batch_size, device, channels_last, contiguous=True)
         batches = with_progress(batches, len(X), batch_size, progress)
         activations, pooled = run_blocks(body, batches, 0, cut, device, precision, keep, True)
-        return pooled, activations
+        return restore(pooled), restore(activations)
     begin, pooled, earlier = start
     if begin == cut or not keep:
         return pooled, earlier if keep else None
@@ -309,7 +311,9 @@ class FrozenStore:
         if stored is not None:
             return stored
         n_blocks = len(body.blocks)
+        restore = None
         if lower is None:
+            X, restore = group_by_length(X, body.preprocess)
             batches = _input_batches(body, X, batch_size, device, channels_last, contiguous=True)
             begin = 0
         else:
@@ -320,6 +324,8 @@ class FrozenStore:
             body, batches, begin, cut, device, precision, keep=not last, finish=last
         )
         stored = pooled if last else activations
+        if restore is not None:
+            stored = restore(stored)
         with self._lock:
             entry[cut] = stored
             size = sum(nbytes(a) for e in self._recent.values() for a in e.values())

@@ -37,7 +37,7 @@ from ._cache import (
 )
 from ._compat import BackboneName, HasMethods, Interval, Options, validate_params
 from ._freeze import count_trainable
-from ._input import as_dataset
+from ._input import as_dataset, group_by_length
 from ._modules import TransferModule
 from ._strategy import Frozen, LoRA, Scratch, UnfreezeTop, _peft
 
@@ -736,7 +736,8 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         module = self.net_.module_
         source = getattr(self, "_frozen_source_", None)
         if self.memory is None or source is None:
-            return self.net_.predict_proba(as_dataset(X, module.body.preprocess))
+            X, restore = group_by_length(X, module.body.preprocess)  # texts: less padding
+            return restore(self.net_.predict_proba(as_dataset(X, module.body.preprocess)))
         # The frozen blocks' outputs, shared with other models (the candidates
         # of a search scoring the same validation fold); then the rest.
         cut = self._frozen_cut_

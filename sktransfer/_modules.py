@@ -65,6 +65,11 @@ class TextPreprocess(nn.Module):
         )
         return tokens["input_ids"], tokens["attention_mask"]
 
+    def lengths(self, texts):
+        """Each text's number of tokens, at most ``max_length``."""
+        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        return [len(x) for x in ids]
+
     def sample(self):
         return self.tokenize(["a"])
 

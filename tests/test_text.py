@@ -320,3 +320,160 @@ def test_lora_on_the_top_layers_of_a_text_encoder():
     np.testing.assert_allclose(proba.sum(axis=1), 1, rtol=1e-6)
     reloaded = pickle.loads(pickle.dumps(lora))
     np.testing.assert_array_equal(reloaded.predict_proba(TEXTS), proba)
+
+
+# --- Tiny encoders of each architecture, built from their configs --------------------
+
+SIZES = {
+    "bert": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+             "intermediate_size": 64},
+    "distilbert": {"dim": 32, "n_layers": 2, "n_heads": 2, "hidden_dim": 64},
+}  # fmt: skip
+
+
+def _tiny_encoder(folder, model_type):
+    """A randomly initialised 2-layer ``model_type`` encoder with a WordPiece
+    tokenizer of the words of TEXTS, saved to ``folder``; returns the folder."""
+    folder.mkdir()
+    words = {w for t in TEXTS for w in t.lower().replace(".", " .").replace(",", " ,").split()}
+    vocab = folder / "vocab.txt"
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab.write_text("\n".join([*special, *sorted(words)]) + "\n")
+    tokenizer = transformers.BertTokenizer(vocab_file=str(vocab))
+    tokenizer.save_pretrained(str(folder))
+    config = transformers.AutoConfig.for_model(
+        model_type,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=64,
+        pad_token_id=tokenizer.pad_token_id,
+        **SIZES.get(model_type, SIZES["bert"]),
+    )
+    torch.manual_seed(0)
+    transformers.AutoModel.from_config(config).save_pretrained(str(folder))
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Folders of tiny encoders by ``model_type``, built on first use."""
+    root, folders = tmp_path_factory.mktemp("tiny"), {}
+
+    def get(model_type):
+        if model_type not in folders:
+            folders[model_type] = _tiny_encoder(root / model_type, model_type)
+        return folders[model_type]
+
+    return get
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta", "xlm-roberta", "distilbert"])
+def test_blocks_reproduce_tiny_encoders(tiny, model_type):
+    folder = tiny(model_type)
+    model = transformers.AutoModel.from_pretrained(folder).eval()
+    assert model.config.model_type == model_type
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    tokens = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    assert tokens["attention_mask"].float().mean() < 1  # padded texts
+    with torch.no_grad():
+        hidden = model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+    body = PretrainedFeatureExtractor(backbone="hf:" + folder).fit(TEXTS).backbone_
+    assert len(body.blocks) == 3  # the embeddings, then 2 layers
+    x = body.preprocess.tokenize(TEXTS)
+    assert torch.equal(x[0], tokens["input_ids"])
+    with torch.no_grad():
+        for block in body.blocks:
+            x = block(x)
+    assert (x[0] - hidden.last_hidden_state).abs().max().item() < 1e-6
+
+
+def test_encoders_of_other_architectures_are_refused_by_name(tiny):
+    folder = tiny("mpnet")  # its encoder adds a relative position bias to every layer
+    with pytest.raises(ValueError, match=r"is a MPNetModel \(model_type='mpnet'\); sktransfer "
+                       r"splits text encoders of these architectures \(model_type\): bert, "
+                       r"distilbert, roberta, xlm-roberta\."):  # fmt: skip
+        PretrainedFeatureExtractor(backbone="hf:" + folder).fit(TEXTS)
+
+
+def test_distilbert_without_weights_is_initialised_as_from_config(tiny):
+    folder = tiny("distilbert")
+    saved = transformers.AutoModel.from_pretrained(folder)
+    ext = PretrainedFeatureExtractor(backbone="hf:" + folder, weights=None, random_state=0)
+    body = ext.fit(TEXTS).backbone_
+    layer = body.blocks[1].layer
+    q_lin = layer.attention.q_lin.weight
+    # transformers' init: normal(0, initializer_range=0.02), where torch's own
+    # nn.Linear init would give a standard deviation of 1 / sqrt(3 * 32) = 0.10.
+    assert 0.015 < q_lin.std().item() < 0.025
+    assert torch.equal(layer.sa_layer_norm.weight, torch.ones(32))
+    assert not torch.equal(q_lin, saved.transformer.layer[0].attention.q_lin.weight)
+    again = PretrainedFeatureExtractor(backbone="hf:" + folder, weights=None, random_state=0)
+    np.testing.assert_array_equal(again.fit(TEXTS).transform(TEXTS), ext.transform(TEXTS))
+
+
+def test_lora_on_distilbert_adapts_q_lin_and_v_lin(tiny):
+    pytest.importorskip("peft")
+    from sktransfer._strategy import LoRA
+
+    folder = tiny("distilbert")
+    saved = transformers.AutoModel.from_pretrained(folder)
+    params = dict(backbone="hf:" + folder, strategy="lora", unfreeze_depth=1, backbone_lr=1e-2,
+                  batch_size=4, max_epochs=3, random_state=0)  # fmt: skip
+    fits = [FineTunedClassifier(**params, frozen_cache=c).fit(TEXTS, LABELS) for c in (True, False)]
+    body = fits[0].net_.module_.body
+    targets = {name.rsplit(".", 1)[-1] for name in LoRA(1, 1e-2).targets(body)}
+    assert {"q_lin", "v_lin"} <= targets
+    # The adapters trained, then merged into the top layer's weights; the layer below is as loaded.
+    for name in ("q_lin", "v_lin"):
+        top = getattr(body.blocks[2].layer.attention, name).weight
+        assert not torch.allclose(top, getattr(saved.transformer.layer[1].attention, name).weight)
+        below = getattr(body.blocks[1].layer.attention, name).weight
+        assert torch.equal(below, getattr(saved.transformer.layer[0].attention, name).weight)
+    probas = [clf.predict_proba(TEXTS) for clf in fits]
+    assert np.abs(probas[0] - probas[1]).max() < 1e-5
+
+
+def _batch_widths(body):
+    """Record the padded width of every batch the bottom block of ``body`` runs on."""
+    widths = []
+    body.blocks[0].register_forward_hook(lambda m, args, out: widths.append(out[1].shape[1]))
+    return widths
+
+
+def test_texts_are_grouped_by_length_into_batches(tiny):
+    ext = PretrainedFeatureExtractor(backbone="hf:" + tiny("bert"), batch_size=4).fit(TEXTS)
+    lengths = ext.backbone_.preprocess.lengths(TEXTS)
+    alone = np.concatenate([ext.transform([text]) for text in TEXTS])  # no padding at all
+    widths = _batch_widths(ext.backbone_)
+    features = ext.transform(TEXTS)
+    by_length = sorted(lengths)
+    assert widths == [max(by_length[i : i + 4]) for i in (0, 4, 8)]
+    assert sum(widths) < sum(max(lengths[i : i + 4]) for i in (0, 4, 8))  # the data's order
+    # Outputs come back in the order of the input, as each text alone gives them.
+    assert np.abs(features - alone).max() < 1e-5
+    reversed_ = ext.transform(TEXTS[::-1])
+    assert np.abs(reversed_[::-1] - features).max() < 1e-5
+
+
+def test_predictions_are_grouped_by_length_in_the_input_order(tiny):
+    clf = FineTunedClassifier(backbone="hf:" + tiny("bert"), unfreeze_depth=1, batch_size=4,
+                              max_epochs=2, lr=1e-2, random_state=0)  # fmt: skip
+    clf.fit(TEXTS, LABELS)
+    lengths = clf.net_.module_.body.preprocess.lengths(TEXTS)
+    alone = np.concatenate([clf.predict_proba([text]) for text in TEXTS])
+    assert np.ptp(alone[:, 1]) > 1e-3  # texts get different probabilities
+    widths = _batch_widths(clf.net_.module_.body)
+    assert np.abs(clf.predict_proba(TEXTS) - alone).max() < 1e-5
+    assert widths == [max(sorted(lengths)[i : i + 4]) for i in (0, 4, 8)]
+
+
+def test_padding_leaves_mean_pooled_features_as_they_are():
+    ext = PretrainedFeatureExtractor(backbone=BACKBONE).fit(TEXTS)
+    body = ext.backbone_
+    long_text = "a long and winding review that goes on and on about the plot " * 4
+    with torch.no_grad():
+        padded = body(body.preprocess.tokenize(["boring.", long_text]))
+        alone = body(body.preprocess.tokenize(["boring."]))
+    mask = body.preprocess.tokenize(["boring.", long_text])[1]
+    assert mask.shape == (2, 54) and mask[0].sum() == 4  # 50 padded tokens
+    assert (padded[0] - alone[0]).abs().max().item() < 1e-5
+    assert (padded[0] - padded[1]).abs().max().item() > 0.1

@@ -4,9 +4,9 @@ Blocks: the embeddings, then each transformer layer in order (a 6-layer
 MiniLM has 7 blocks), so ``unfreeze_depth`` counts layers from the top. A
 block takes and returns ``(hidden_states, attention_mask)``: the 2-D mask of
 the padded batch travels with the hidden states, and each layer is called
-with the attention mask the model itself would build from it. The split is
-of BERT-like encoders, whose public submodules are ``embeddings`` and
-``encoder.layer``; other layouts are refused by name.
+with the attention mask the model itself would build from it. :data:`LAYOUTS`
+says where the embeddings and the layers of each architecture it splits are
+(by ``config.model_type``); other architectures are refused by name.
 
 Tokenisation is the model's own tokenizer: truncation at the estimator's
 ``max_length`` tokens (by default the ``max_seq_length`` of the folder's
@@ -31,6 +31,7 @@ state-dict file of that ``AutoModel``.
 """
 
 import glob
+import inspect
 import json
 import os
 
@@ -161,7 +162,7 @@ class TextEmbeddings(nn.Module):
 
 
 class TextLayer(nn.Module):
-    """One of ``encoder.layer``: ``(hidden_states, mask)`` to ``(hidden_states, mask)``.
+    """One layer of the encoder: ``(hidden_states, mask)`` to ``(hidden_states, mask)``.
 
     The layer gets the attention mask the model would give it for ``mask``.
     """
@@ -228,16 +229,39 @@ class TextActivations:
         return hidden, mask
 
 
+# The encoders sktransfer splits, by ``config.model_type``: the paths of their
+# embeddings and of their list of layers. Each layer is called as
+# ``layer(hidden_states, attention_mask=...)``. Encoders that compute something
+# between the layers (MPNet's relative position bias, ELECTRA's projection of
+# the embeddings) cannot be split this way and are not listed.
+LAYOUTS = {
+    "bert": ("embeddings", "encoder.layer"),
+    "roberta": ("embeddings", "encoder.layer"),
+    "xlm-roberta": ("embeddings", "encoder.layer"),
+    "distilbert": ("embeddings", "transformer.layer"),
+}
+
+
 def _blocks(model, name):
-    layers = getattr(getattr(model, "encoder", None), "layer", None)
-    if getattr(model, "embeddings", None) is None or layers is None:
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in LAYOUTS:
         raise ValueError(
-            f"backbone={name!r} is a {type(model).__name__}; sktransfer splits encoders "
-            f"with the BERT layout (embeddings, encoder.layer) only."
+            f"backbone={name!r} is a {type(model).__name__} (model_type={model_type!r}); "
+            f"sktransfer splits text encoders of these architectures (model_type): "
+            f"{', '.join(sorted(LAYOUTS))}."
         )
     if getattr(model.config, "is_decoder", False):
         raise ValueError(f"backbone={name!r} is a decoder; sktransfer takes text encoders.")
-    return [TextEmbeddings(model.embeddings), *(TextLayer(layer, model.config) for layer in layers)]
+    embeddings, layers = (model.get_submodule(path) for path in LAYOUTS[model_type])
+    if any("attention_mask" not in inspect.signature(x.forward).parameters for x in layers[:1]):
+        import transformers
+
+        raise ValueError(
+            f"backbone={name!r}: the layers of {type(model).__name__} in transformers "
+            f"{transformers.__version__} take no attention_mask argument; sktransfer splits "
+            f"it with a newer transformers (pip install -U transformers)."
+        )
+    return [TextEmbeddings(embeddings), *(TextLayer(layer, model.config) for layer in layers)]
 
 
 # --- Weights, tokenizer, spec --------------------------------------------------------
