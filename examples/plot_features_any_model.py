@@ -34,11 +34,13 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.svm import SVC
+from threadpoolctl import threadpool_limits
 
 from sktransfer import PretrainedFeatureExtractor
 from sktransfer.datasets import fetch_fashion_mnist
 
 torch.set_num_threads(1)
+threadpool_limits(1)  # BLAS too, for the logistic regressions
 X, y, _, _ = fetch_fashion_mnist()
 train = np.concatenate([np.flatnonzero(y == c)[:20] for c in range(10)])
 X, y = X[train], y[train]

@@ -35,11 +35,13 @@ import torch
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import Pipeline
+from threadpoolctl import threadpool_limits
 
 from sktransfer import FineTunedClassifier
 from sktransfer.datasets import FASHION_MNIST_CLASSES, fetch_fashion_mnist
 
 torch.set_num_threads(1)
+threadpool_limits(1)  # BLAS too, for the logistic regressions
 X, y, X_test, y_test = fetch_fashion_mnist()
 train = np.concatenate([np.flatnonzero(y == c)[:10] for c in range(10)])
 X_train, y_train = X[train], y[train]

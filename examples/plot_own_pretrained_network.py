@@ -38,12 +38,14 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
+from threadpoolctl import threadpool_limits
 from torch import nn
 
 from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor, TransferCurveDisplay
 from sktransfer.datasets import FASHION_MNIST_CLASSES, fetch_fashion_mnist
 
 torch.set_num_threads(1)
+threadpool_limits(1)  # BLAS too, for the logistic regressions
 
 
 def conv_block(n_in, n_out):
