@@ -73,8 +73,8 @@ print(make_cnn())
 # Pretrain on the source task and save the blocks
 # -----------------------------------------------
 # Here the source network trains with ``FineTunedClassifier`` itself
-# (``weights=None``: every block from random weights), on 1,000 images of each
-# source class. Any training loop would do: what the target task reads is a
+# (``weights=None``: every block from random weights), on the first 5,000
+# training images of the source classes. Any training loop would do: what the target task reads is a
 # state dict of the ``nn.Sequential``, written with ``torch.save``.
 start = time.perf_counter()
 X_source, y_source = X[source][:5000], y[source][:5000]
