@@ -147,7 +147,7 @@ if __name__ == "__main__":
     left.set_yticks(position, labels=names)
     left.invert_yaxis()
     left.set_xlabel("mean cross-validated accuracy")
-    left.legend(loc="lower left")
+    fig.legend(loc="outside lower center", ncols=2)
     right.bar(["n_jobs=1", "Dask, 2 workers"], [seconds_alone, seconds_dask], color=["C0", "C1"])
     right.set_ylabel("search time, s")
     fig.suptitle("GridSearchCV, EfficientNet-Lite0 on Fashion-MNIST, 10 images per class")

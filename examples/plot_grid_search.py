@@ -136,7 +136,7 @@ ax.barh(
 )
 ax.axvline(0.1, color="k", lw=0.8, ls=":", label="chance")
 ax.invert_yaxis()
-ax.set_xlabel("mean cross-validated accuracy (3 folds of 100 images)")
+ax.set_xlabel("mean cross-validated accuracy (3 folds of the 100 images)")
 ax.set_title("EfficientNet-Lite0 on Fashion-MNIST, 10 images per class")
 ax.legend(loc="lower right")
 plt.show()
