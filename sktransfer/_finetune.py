@@ -303,8 +303,11 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         ``Pipeline(memory=...)``: a folder or a ``joblib.Memory``. Every
         candidate of a search with the same backbone, weights, preprocessing,
         cut (``unfreeze_depth``), batch size and training data reuses them,
-        also with ``GridSearchCV(n_jobs=2)``; a pass to a higher cut continues
-        a stored one to a lower cut. Only used where the frozen cache is on.
+        also with ``GridSearchCV(n_jobs=2)``; a pass also keeps the outputs
+        at up to 3 lower cuts (256 MiB at most), and a pass to a higher cut
+        continues a stored one to a lower cut, so the frozen blocks run over
+        each fold once whatever the order of the depths searched. Only used
+        where the frozen cache is on.
         A model fitted with ``memory`` also keeps in process (never on disk)
         the frozen outputs of the inputs it predicted last, up to 256 MiB,
         so the candidates of a search score each validation fold from the
