@@ -319,3 +319,74 @@ def test_weights_key_hashes_bfloat16_weights_by_content():
     with torch.no_grad():
         twin.blocks[0].weight[0, 0] += 1
     assert weights_key(body) != weights_key(twin)
+
+
+def _count_partial_fits(monkeypatch):
+    from sktransfer._finetune import _TransferNet
+
+    partial_fit, calls = _TransferNet.partial_fit, []
+
+    def counting(net, X, y=None, **kwargs):
+        calls.append(kwargs.get("epochs"))
+        return partial_fit(net, X, y, **kwargs)
+
+    monkeypatch.setattr(_TransferNet, "partial_fit", counting)
+    return calls
+
+
+@pytest.mark.parametrize("warmup", ["linear_probe", "epochs"])
+@pytest.mark.parametrize(
+    "after",
+    [
+        {"unfreeze_depth": 2, "backbone_lr": 1e-2},
+        {"unfreeze_depth": 3, "layer_decay": 0.5, "train_bn": True},
+        {"unfreeze_depth": 1, "strategy": "lora"},
+    ],
+)
+def test_a_fit_reusing_a_stored_warm_up_equals_one_computing_it(
+    vectors, tmp_path, monkeypatch, after, warmup
+):
+    import torch
+
+    X, y = vectors
+    common = {
+        "backbone": make_mlp(n_in=6),
+        "warmup_epochs": 2,
+        "max_epochs": 4,
+        "lr": 1e-2,
+        "batch_size": 8,
+        "random_state": 0,
+        "warmup": warmup,
+    }
+    calls = _count_partial_fits(monkeypatch)
+    shared = str(tmp_path / "shared")
+    # Another candidate on the same fold stores the warm-up ...
+    FineTunedClassifier(unfreeze_depth=1, memory=shared, **common).fit(X, y)
+    assert calls == [2, 2]
+    calls.clear()
+    reused = FineTunedClassifier(memory=shared, **common, **after).fit(X, y)
+    assert calls == [2]  # ... which this one continues: only the fine-tuning epochs run
+    calls.clear()
+    alone = FineTunedClassifier(memory=str(tmp_path / "alone"), **common, **after).fit(X, y)
+    assert calls == [2, 2]
+    state, expected = reused.net_.module_.state_dict(), alone.net_.module_.state_dict()
+    assert state.keys() == expected.keys()
+    for name in state:
+        assert torch.equal(state[name], expected[name]), name
+    assert [r["train_loss"] for r in reused.history_] == [r["train_loss"] for r in alone.history_]
+    assert reused.n_trainable_params_ == alone.n_trainable_params_
+    np.testing.assert_array_equal(reused.predict_proba(X), alone.predict_proba(X))
+
+
+def test_memory_warms_up_once_per_fold_in_a_search(vectors, tmp_path, monkeypatch):
+    X, y = vectors
+    common = {"backbone": make_mlp(n_in=6), "warmup_epochs": 2, "max_epochs": 3, "lr": 1e-2}
+    grid = {"unfreeze_depth": [0, 1, 2], "backbone_lr": [1e-3, 1e-2]}
+    clf = FineTunedClassifier(batch_size=8, random_state=0, **common)
+    plain = GridSearchCV(clf, grid, cv=2).fit(X, y)
+    calls = _count_partial_fits(monkeypatch)
+    cached = GridSearchCV(clone(clf).set_params(memory=str(tmp_path)), grid, cv=2).fit(X, y)
+    # Warm-ups (2 epochs): one per fold and the refit's; every candidate fine-tunes.
+    assert calls.count(2) == 2 + 1 and calls.count(1) == 6 * 2 + 1
+    for name in ("split0_test_score", "split1_test_score"):
+        np.testing.assert_array_equal(plain.cv_results_[name], cached.cv_results_[name])
