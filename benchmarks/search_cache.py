@@ -122,7 +122,7 @@ def main(argv=None):
     X_train, y_train, _, _ = fetch_fashion_mnist()
     X, y = sample(X_train, y_train, args.n_per_class)
     # Imports and the first read of the weights, out of the first row's timings.
-    FineTunedClassifier(backbone="efficientnet_lite0", input_size=64, max_epochs=1).fit(X, y)
+    FineTunedClassifier(backbone="efficientnet_lite0", input_size=64, unfreeze_depth=0).fit(X, y)
     print(
         f"{len(y)} images, 64 px, 6 candidates x cv=3, {args.warmup_epochs} warm-up epochs "
         f"of {args.epochs}; load average {os.getloadavg()[0]:.1f}",
