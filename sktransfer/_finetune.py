@@ -6,6 +6,7 @@ import warnings
 from numbers import Integral, Real
 
 import numpy as np
+import skorch
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
@@ -756,7 +757,8 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         }
         epochs = (self.optimizer, self.lr, self.weight_decay, self.warmup_epochs)
         batches = (self.batch_size, net.iterator_train__drop_last)
-        settings = (epochs, batches, self.precision, str(self.device), VERSIONS)
+        versions = (*VERSIONS, skorch.__version__)  # skorch runs the epochs
+        settings = (epochs, batches, self.precision, str(self.device), versions)
         state = self._cached(_warm_up_by_key, ignore=["run"])(pooled, y, start, settings, run)
         _restore_warmup(net, state)
 

@@ -390,3 +390,17 @@ def test_memory_warms_up_once_per_fold_in_a_search(vectors, tmp_path, monkeypatc
     assert calls.count(2) == 2 + 1 and calls.count(1) == 6 * 2 + 1
     for name in ("split0_test_score", "split1_test_score"):
         np.testing.assert_array_equal(plain.cv_results_[name], cached.cv_results_[name])
+
+
+@pytest.mark.parametrize(
+    "change", [{"lr": 1e-3}, {"random_state": 1}, {"batch_size": 4}, {"warmup_epochs": 1}]
+)
+def test_a_warm_up_is_not_reused_where_it_would_differ(vectors, tmp_path, monkeypatch, change):
+    X, y = vectors
+    common = {"backbone": make_mlp(n_in=6), "max_epochs": 3, "lr": 1e-2, "memory": str(tmp_path)}
+    params = {"warmup_epochs": 2, "batch_size": 8, "random_state": 0, **common}
+    calls = _count_partial_fits(monkeypatch)
+    FineTunedClassifier(unfreeze_depth=1, **params).fit(X, y)
+    calls.clear()
+    FineTunedClassifier(unfreeze_depth=2, **{**params, **change}).fit(X, y)
+    assert len(calls) == 2  # its own warm-up, then the fine-tuning
