@@ -501,7 +501,8 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
             if self.warmup_epochs > self.max_epochs:
                 raise ValueError(
                     f"warmup_epochs={self.warmup_epochs} exceeds max_epochs={self.max_epochs}; "
-                    f"use 0 <= warmup_epochs <= max_epochs."
+                    f"use 0 <= warmup_epochs <= max_epochs (in a HalvingGridSearchCV with "
+                    f"resource='max_epochs', min_resources >= warmup_epochs)."
                 )
             if self.strategy == "lora":
                 self._check_lora()

@@ -404,3 +404,32 @@ def test_a_warm_up_is_not_reused_where_it_would_differ(vectors, tmp_path, monkey
     calls.clear()
     FineTunedClassifier(unfreeze_depth=2, **{**params, **change}).fit(X, y)
     assert len(calls) == 2  # its own warm-up, then the fine-tuning
+
+
+def test_successive_halving_over_epochs_shares_the_warm_up(vectors, tmp_path, monkeypatch):
+    from sklearn.experimental import enable_halving_search_cv  # noqa: F401
+    from sklearn.model_selection import HalvingGridSearchCV
+
+    X, y = vectors
+    clf = FineTunedClassifier(
+        backbone=make_mlp(n_in=6), warmup_epochs=2, lr=1e-2, batch_size=8, random_state=0
+    )
+    grid = {"unfreeze_depth": [0, 1, 2], "backbone_lr": [1e-3, 1e-2]}
+    options = {"resource": "max_epochs", "max_resources": 6, "factor": 3, "cv": 2}
+    # A first round shorter than the warm-up fails each fit: the message says what to set.
+    search = HalvingGridSearchCV(clf, grid, min_resources=1, error_score="raise", **options)
+    with pytest.raises(ValueError, match=r"min_resources >= warmup_epochs"):
+        search.fit(X, y)
+    with pytest.warns(UserWarning, match="no epoch is left after the warm-up"):
+        plain = HalvingGridSearchCV(clf, grid, min_resources=2, **options).fit(X, y)
+    calls = _count_partial_fits(monkeypatch)
+    with pytest.warns(UserWarning, match="no epoch is left after the warm-up"):
+        cached = HalvingGridSearchCV(
+            clone(clf).set_params(memory=str(tmp_path)), grid, min_resources=2, **options
+        ).fit(X, y)
+    # Rounds of 2 and 6 epochs: one warm-up per fold and the refit's, all rounds together.
+    assert list(cached.n_resources_) == [2, 6] and calls.count(2) == 2 + 1
+    assert cached.best_params_ == plain.best_params_
+    np.testing.assert_array_equal(
+        plain.cv_results_["mean_test_score"], cached.cv_results_["mean_test_score"]
+    )
