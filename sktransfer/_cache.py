@@ -39,6 +39,11 @@ from ._input import ImagePaths, file_stamp, group_by_length, iter_batches, to_de
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # In disk keys: another release may compute (or read files) otherwise.
 VERSIONS = (__version__, torch.__version__)
+# A first pass to a cut also keeps the activations entering up to LOWER_CUTS
+# blocks below it, LOWER_BYTES at most together: then the candidates of a search
+# listing depths in any order run the frozen blocks over each fold once.
+LOWER_CUTS = 3
+LOWER_BYTES = 256 * 2**20
 
 
 @contextmanager
@@ -145,23 +150,63 @@ def run_blocks(body, batches, begin, end, device, precision, keep, finish):
     pooled float32 features after the remaining blocks and the pooling; None
     otherwise.
     """
+    kept, pooled = run_blocks_keeping(
+        body, batches, begin, end, device, precision, (end,) if keep else (), finish
+    )
+    return kept.get(end), pooled
+
+
+def run_blocks_keeping(
+    body, batches, begin, end, device, precision, cuts, finish, n_samples=None, lower=()
+):
+    """:func:`run_blocks`, keeping the activations entering each block of ``cuts``
+    (each in ``begin + 1 .. end``) and, within :data:`LOWER_BYTES` for
+    ``n_samples`` samples, those entering each block of ``lower`` too.
+
+    Returns ``({cut: activations}, pooled)``. Which of ``lower`` fit is decided on
+    the first batch, the closest to ``end`` first; the values do not depend
+    on it: each block computes what it computes in a pass of its own.
+    """
     stored = torch.float16 if precision == "float16" else torch.float32
     was_training = body.training
     body.eval()
-    activations, pooled = [], []
+    keep, deciding = set(cuts) | set(lower), bool(lower)
+    kept, pooled = {k: [] for k in keep}, []
     with torch.no_grad(), autocast(device, precision):
         for a in batches:
-            for block in body.blocks[begin:end]:
+            for k, block in enumerate(body.blocks[begin:end], start=begin + 1):
                 a = block(a)
-            if keep:
-                activations.append(_kept(body, a, stored))
+                if k in keep:
+                    kept[k].append(_kept(body, a, stored))
+            if deciding:  # after the first batch: which lower cuts fit
+                keep, deciding = set(cuts) | _within_budget(kept, lower, n_samples), False
+                kept = {k: kept[k] for k in keep}
             if finish:
                 pooled.append(body.run_from(a, end).float().cpu().numpy())
     body.train(was_training)
     return (
-        np.concatenate(activations) if keep else None,
+        {k: np.concatenate(batches) for k, batches in kept.items()},
         np.concatenate(pooled) if finish else None,
     )
+
+
+def _within_budget(kept, lower, n_samples):
+    """The cuts of ``lower``, closest to the top first, whose activations for
+    ``n_samples`` take :data:`LOWER_BYTES` at most together, estimated from
+    the first batch kept."""
+    chosen, total = set(), 0
+    for k in sorted(lower, reverse=True):
+        first = kept[k][0]
+        total += nbytes(first) * n_samples / max(len(first), 1)
+        if total > LOWER_BYTES:
+            break
+        chosen.add(k)
+    return chosen
+
+
+def lower_cuts(cut, n_blocks):
+    """The cuts below ``cut`` whose activations a first pass to ``cut`` also keeps."""
+    return tuple(range(max(1, cut - LOWER_CUTS), min(cut, n_blocks)))
 
 
 def embed(body, X, batch_size, device, precision="float32", channels_last=False, progress=None):
@@ -278,20 +323,37 @@ class FrozenStore:
         The key is ``source`` (:func:`weights_key` of the weights as loaded),
         the data, the cut, ``options`` (batch size, device, precision,
         channels-last) and the library versions. A pass to a cut with nothing
-        stored continues the stored pass to the closest lower cut.
-        ``progress``: the description of a progress bar over a pass that runs.
+        stored continues the stored pass to the closest lower cut. A pass
+        from the input also stores, each under its own cut, the activations
+        entering the blocks of :func:`lower_cuts` that fit in
+        :data:`LOWER_BYTES`. ``progress``: the description of a progress bar
+        over a pass that runs.
         """
         cached = check_memory(memory).cache(
             _frozen_outputs_by_key, ignore=["body", "X", "device", "start", "progress"]
         )
         key = joblib.hash((source, data_key(X), VERSIONS))
-        start = None
-        if not cached.check_call_in_cache(body, X, cut, *options, key=key):
-            for k in range(cut - 1, 0, -1):
-                if cached.check_call_in_cache(body, X, k, *options, key=key):
-                    start = (k, *cached(body, X, k, *options, key=key))
-                    break
-        return cached(body, X, cut, *options, key=key, start=start, progress=progress)
+        if cached.check_call_in_cache(body, X, cut, *options, key=key):
+            return cached(body, X, cut, *options, key=key)
+        for k in range(cut - 1, 0, -1):
+            if cached.check_call_in_cache(body, X, k, *options, key=key):
+                start = (k, *cached(body, X, k, *options, key=key))
+                return cached(body, X, cut, *options, key=key, start=start, progress=progress)
+        n_blocks = len(body.blocks)
+        batch_size, device, precision, channels_last = options
+        grouped, restore = group_by_length(X, body.preprocess)
+        batches = _input_batches(body, grouped, batch_size, device, channels_last, contiguous=True)
+        batches = with_progress(batches, len(X), batch_size, progress)
+        own = (cut,) if 0 < cut < n_blocks else ()
+        kept, pooled = run_blocks_keeping(
+            body, batches, 0, cut, device, precision, own, True, len(X), lower_cuts(cut, n_blocks)
+        )
+        kept, pooled = {k: restore(a) for k, a in kept.items()}, restore(pooled)
+        # Each stored as the pass to its cut gives it (``start`` at that cut runs nothing).
+        for k in sorted(set(kept) - {cut}):
+            if not cached.check_call_in_cache(body, X, k, *options, key=key):
+                cached(body, X, k, *options, key=key, start=(k, pooled, kept[k]))
+        return cached(body, X, cut, *options, key=key, start=(cut, pooled, kept.get(cut)))
 
     def predict_outputs(self, body, X, cut, source, options):
         """What the blocks below ``cut`` give for ``X``: the activations
@@ -299,7 +361,9 @@ class FrozenStore:
 
         ``source`` is the :func:`weights_key` of the frozen blocks as loaded:
         blocks below ``cut`` never train, so models with the same backbone
-        share the result. A cut continues the closest lower one kept.
+        share the result. A cut continues the closest lower one kept; a pass
+        from the input also keeps the lower cuts of :func:`lower_cuts` that
+        fit in :data:`LOWER_BYTES`.
         """
         batch_size, device, precision, channels_last = options
         key = joblib.hash((source, batch_size, precision, channels_last, data_key(X)))
@@ -312,21 +376,24 @@ class FrozenStore:
             return stored
         n_blocks = len(body.blocks)
         restore = None
+        last = cut == n_blocks
         if lower is None:
             X, restore = group_by_length(X, body.preprocess)
             batches = _input_batches(body, X, batch_size, device, channels_last, contiguous=True)
-            begin = 0
+            begin, extra = 0, lower_cuts(cut, n_blocks)
         else:
             batches = stored_batches(body, entry[lower], batch_size, device, channels_last)
-            begin = lower
-        last = cut == n_blocks
-        activations, pooled = run_blocks(
-            body, batches, begin, cut, device, precision, keep=not last, finish=last
+            begin, extra = lower, ()
+        own = () if last else (cut,)
+        kept, pooled = run_blocks_keeping(
+            body, batches, begin, cut, device, precision, own, last, len(X), extra
         )
-        stored = pooled if last else activations
+        stored = pooled if last else kept[cut]
         if restore is not None:
             stored = restore(stored)
+            kept = {k: restore(a) for k, a in kept.items()}
         with self._lock:
+            entry.update(kept)
             entry[cut] = stored
             size = sum(nbytes(a) for e in self._recent.values() for a in e.values())
             while size > self.max_bytes and len(self._recent) > 1:

@@ -1,10 +1,12 @@
 """FineTunedClassifier: new head, warm-up, then the top blocks fine-tuned."""
 
+import copy
 import os
 import warnings
 from numbers import Integral, Real
 
 import numpy as np
+import skorch
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
@@ -19,14 +21,16 @@ from sklearn.utils.validation import (
 from skorch import NeuralNetClassifier
 from skorch.callbacks import Callback
 from skorch.dataset import unpack_data
+from skorch.history import History
 from skorch.utils import TeeGenerator, to_tensor
 from torch import nn
 from torchvision.models import WeightsEnum
 
-from ._base import BackboneMixin, cuda_missing, draw_seeds, seeded_build, torch_seed
+from ._base import _RNG_LOCK, BackboneMixin, cuda_missing, draw_seeds, seeded_build, torch_seed
 from ._cache import (
     FROZEN,
     PRECISIONS,
+    VERSIONS,
     autocast,
     frozen_outputs,
     memory_format,
@@ -185,6 +189,33 @@ class _Recipe(Callback):
         net.history.record("n_trainable_params", self.n_trainable_)
 
 
+def _warmup_state(net):
+    """What a warm-up leaves of ``net`` that later epochs depend on."""
+    return {
+        "head": {k: v.detach().clone() for k, v in net.module_.head.state_dict().items()},
+        "optimizer": copy.deepcopy(net.optimizer_.state_dict()),
+        "shuffle": net.iterator_train__generator.get_state(),
+        "rng": torch.get_rng_state(),
+        "history": copy.deepcopy(net.history.to_list()),
+    }
+
+
+def _restore_warmup(net, state):
+    """Put ``net`` in the state of :func:`_warmup_state`."""
+    net.module_.head.load_state_dict(state["head"])
+    net.optimizer_.load_state_dict(copy.deepcopy(state["optimizer"]))
+    net.iterator_train__generator.set_state(state["shuffle"])
+    with _RNG_LOCK:
+        torch.set_rng_state(state["rng"])
+    net.history_ = History(copy.deepcopy(state["history"]))
+
+
+def _warm_up_by_key(pooled, y, start, settings, run):
+    """``run()``, the warm-up, for ``joblib.Memory``, which ignores ``run``: the
+    features, labels, starting state and settings stand for it."""
+    return run()
+
+
 class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
     """Fine-tune a pretrained backbone with a new head, the transfer recipe.
 
@@ -314,8 +345,14 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         ``Pipeline(memory=...)``: a folder or a ``joblib.Memory``. Every
         candidate of a search with the same backbone, weights, preprocessing,
         cut (``unfreeze_depth``), batch size and training data reuses them,
-        also with ``GridSearchCV(n_jobs=2)``; a pass to a higher cut continues
-        a stored one to a lower cut. Only used where the frozen cache is on.
+        also with ``GridSearchCV(n_jobs=2)``; a pass also keeps the outputs
+        at up to 3 lower cuts (256 MiB at most), and a pass to a higher cut
+        continues a stored one to a lower cut, so the frozen blocks run over
+        each fold once whatever the order of the depths searched. The linear
+        probe and the state the warm-up epochs end in are kept too: candidates
+        that differ only after the warm-up run it once per fold, each
+        continuing exactly as it would alone. Only used where the frozen
+        cache is on.
         A model fitted with ``memory`` also keeps in process (never on disk)
         the frozen outputs of the inputs it predicted last, up to 256 MiB,
         so the candidates of a search score each validation fold from the
@@ -478,7 +515,8 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
             if self.warmup_epochs > self.max_epochs:
                 raise ValueError(
                     f"warmup_epochs={self.warmup_epochs} exceeds max_epochs={self.max_epochs}; "
-                    f"use 0 <= warmup_epochs <= max_epochs."
+                    f"use 0 <= warmup_epochs <= max_epochs (in a HalvingGridSearchCV with "
+                    f"resource='max_epochs', min_resources >= warmup_epochs)."
                 )
             if self.strategy == "lora":
                 self._check_lora()
@@ -709,12 +747,44 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         try:
             if warmup:
                 module.input_stage = "pooled"
-                net.partial_fit(pooled, y, epochs=warmup)
+                self._warm_up(net, pooled, y)
             if self.max_epochs > warmup:
                 module.input_stage = stage
                 net.partial_fit(inputs, y, epochs=self.max_epochs - warmup)
         finally:
             module.input_stage = "raw"
+
+    def _warm_up(self, net, pooled, y):
+        """The head-only epochs on the pooled features.
+
+        With ``memory``, the state they end in is kept: candidates of a search
+        that differ only after the warm-up (``unfreeze_depth``, ``backbone_lr``,
+        ``layer_decay``, ``strategy``, ...) train it once per fold. The key is
+        all the warm-up starts from: features, labels, the head's initial
+        weights, the shuffling and global generators' states, and the settings
+        of its epochs; a fit that finds it continues from exactly the state it
+        would have computed (head, optimizer, generators, history).
+        """
+        if self.memory is None or self.precision == "float16":  # a GradScaler's state
+            net.partial_fit(pooled, y, epochs=self.warmup_epochs)
+            return
+
+        def run():
+            net.partial_fit(pooled, y, epochs=self.warmup_epochs)
+            return _warmup_state(net)
+
+        head = net.module_.head
+        start = {
+            "head": [p.detach().cpu().numpy() for p in (head.weight, head.bias)],
+            "shuffle": net.iterator_train__generator.get_state().numpy(),
+            "rng": torch.get_rng_state().numpy(),
+        }
+        epochs = (self.optimizer, self.lr, self.weight_decay, self.warmup_epochs)
+        batches = (self.batch_size, net.iterator_train__drop_last)
+        versions = (*VERSIONS, skorch.__version__)  # skorch runs the epochs
+        settings = (epochs, batches, self.precision, str(self.device), versions)
+        state = self._cached(_warm_up_by_key, ignore=["run"])(pooled, y, start, settings, run)
+        _restore_warmup(net, state)
 
     def predict_proba(self, X):
         """Class probabilities, computed in eval mode in batches.

@@ -208,12 +208,30 @@ class TransferModule(nn.Module):
         self.train(self.training)
 
     def train(self, mode=True):
-        """``nn.Module.train``, then the modules the strategy keeps in eval."""
+        """``nn.Module.train``, then the modules the strategy keeps in eval.
+
+        Nothing to do where every module already is in the mode this would
+        set and none overrides ``train()`` (skorch calls it on every batch);
+        a module that does is always called.
+        """
+        if self._in_mode(mode):
+            return self
         super().train(mode)
         if mode:
             for module in self._kept_in_eval:
                 module.eval()
         return self
+
+    def _in_mode(self, mode):
+        """Whether ``train(mode)`` would change no module's mode and call no
+        module's own ``train()``."""
+        kept = {id(m) for k in self._kept_in_eval for m in k.modules()} if mode else ()
+        for m in self.modules():
+            if m is not self and type(m).train is not nn.Module.train:
+                return False
+            if m.training != (mode and id(m) not in kept):
+                return False
+        return True
 
     def forward(self, x):
         return self.forward_from(x, self.input_stage)

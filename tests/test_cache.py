@@ -128,11 +128,13 @@ def test_memory_shares_frozen_outputs_across_candidates_and_folds(images, tmp_pa
     np.testing.assert_allclose(
         plain.cv_results_["mean_test_score"], cached.cv_results_["mean_test_score"], atol=1e-6
     )
-    # One frozen pass per (fold, cut) and one for the refit: 2 * 3 + 1, not 2 * 6 + 1;
+    # Stored: the outputs of each (fold, cut), 2 * 3, not one per candidate, and
+    # the refit's, at its cut and the cuts below it (its pass keeps them);
     # one linear probe per fold and one for the refit.
-    passes = list(tmp_path.rglob("_frozen_outputs_by_key/*/output.pkl"))
+    stored = list(tmp_path.rglob("_frozen_outputs_by_key/*/output.pkl"))
     probes = list(tmp_path.rglob("fit_probe/*/output.pkl"))
-    assert (len(passes), len(probes)) == (7, 3)
+    refit_cut = 3 - cached.best_params_["unfreeze_depth"]
+    assert (len(stored), len(probes)) == (2 * 3 + refit_cut, 3)
 
 
 def _count_bottom_batches(monkeypatch):
@@ -150,19 +152,9 @@ def _count_bottom_batches(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize(
-    "depths, bottom_batches",
-    [
-        # Deepest cut first: per fold, one pass of the bottom block over the
-        # training part (2 batches) and one over the validation part (2), which
-        # the shallower cuts continue; then the refit's pass (3 batches).
-        ([2, 1, 0], 2 * (2 + 2) + 3),
-        # Shallowest first: a pass per cut in fit and in scoring.
-        ([0, 1, 2], 2 * (6 + 6) + 3),
-    ],
-)
-def test_memory_continues_passes_from_lower_cuts(
-    images, tmp_path, monkeypatch, depths, bottom_batches
+@pytest.mark.parametrize("depths", [[2, 1, 0], [0, 1, 2], [1, 0, 2]])
+def test_memory_runs_the_frozen_blocks_once_per_fold_in_any_order(
+    images, tmp_path, monkeypatch, depths
 ):
     X, y = _cnn_data(images)
     grid = {"unfreeze_depth": depths}
@@ -171,13 +163,70 @@ def test_memory_continues_passes_from_lower_cuts(
     calls = _count_bottom_batches(monkeypatch)
     cached = GridSearchCV(FineTunedClassifier(memory=str(tmp_path), **common), grid, cv=2)
     cached.fit(X, y)
-    assert len(calls) == bottom_batches
+    # Per fold, one pass of the bottom block over the training part (2 batches)
+    # and one over the validation part (2), which keeps the lower cuts too; then
+    # the refit's pass (3 batches).
+    assert len(calls) == 2 * (2 + 2) + 3
     assert plain.best_params_ == cached.best_params_
-    np.testing.assert_allclose(
-        plain.cv_results_["mean_test_score"], cached.cv_results_["mean_test_score"], atol=1e-6
-    )
+    for name in ("split0_test_score", "split1_test_score"):
+        np.testing.assert_array_equal(plain.cv_results_[name], cached.cv_results_[name])
     # A model without memory computes every block of every prediction.
     np.testing.assert_allclose(plain.predict_proba(X), cached.predict_proba(X), atol=1e-6)
+
+
+def _scores_by_candidate(search):
+    results = search.cv_results_
+    names = [f"split{i}_test_score" for i in range(search.n_splits_)]
+    return {
+        tuple(sorted(params.items())): [results[name][i] for name in names]
+        for i, params in enumerate(results["params"])
+    }
+
+
+def test_ascending_and_descending_depths_give_the_same_search(images, tmp_path):
+    X, y = _cnn_data(images)
+    common = {"backbone": make_cnn(), "max_epochs": 3, "batch_size": 4, "random_state": 0}
+    searches = [
+        GridSearchCV(
+            FineTunedClassifier(memory=str(tmp_path / str(order)), **common),
+            {"unfreeze_depth": order, "backbone_lr": [1e-3, 1e-2]},
+            cv=2,
+        ).fit(X, y)
+        for order in ([0, 1, 2], [2, 1, 0])
+    ]
+    up, down = searches
+    # Every candidate scores the same on every fold (ties may pick another best).
+    assert _scores_by_candidate(up) == _scores_by_candidate(down)
+    assert up.best_score_ == down.best_score_
+
+
+def test_a_pass_keeps_lower_cuts_as_their_own_passes_give_them(images, tmp_path, monkeypatch):
+    import joblib
+
+    from sktransfer import _cache
+    from sktransfer._cache import FROZEN, frozen_outputs, weights_key
+
+    X, y = _cnn_data(images)
+    body = FineTunedClassifier(backbone=make_cnn())._load_backbone(X)
+    options, source = (4, "cpu", "float32", False), weights_key(body)
+    calls = _count_calls(body.blocks[0])
+    memory = joblib.Memory(tmp_path / "all", verbose=0)
+    pooled, activations = FROZEN.fit_outputs(memory, body, X, 3, source, options)
+    assert activations is None and len(calls) == 3  # the last cut: pooled features only
+    for cut in (2, 1):
+        expected = frozen_outputs(body, X, cut, *options)
+        del calls[:]
+        got = FROZEN.fit_outputs(memory, body, X, cut, source, options)
+        assert len(calls) == 0  # kept by the pass to cut 3
+        np.testing.assert_array_equal(got[0], expected[0])
+        np.testing.assert_array_equal(got[1], expected[1])
+    # Bounded: lower cuts that do not fit in LOWER_BYTES are not kept.
+    monkeypatch.setattr(_cache, "LOWER_BYTES", 0)
+    memory = joblib.Memory(tmp_path / "none", verbose=0)
+    FROZEN.fit_outputs(memory, body, X, 3, source, options)
+    del calls[:]
+    FROZEN.fit_outputs(memory, body, X, 2, source, options)
+    assert len(calls) == 3
 
 
 @pytest.mark.parametrize("unfreeze_depth", [0, 2])
@@ -249,10 +298,11 @@ def test_disk_key_holds_the_library_versions(images, tmp_path, monkeypatch):
     params = {"backbone": make_cnn(), "unfreeze_depth": 1, "max_epochs": 2, "memory": str(tmp_path)}
     FineTunedClassifier(**params).fit(X, y)
     FineTunedClassifier(**params).fit(X, y)
-    assert len(list(tmp_path.rglob("_frozen_outputs_by_key/*/output.pkl"))) == 1
+    # The pass to cut 2 stores it and the cut below.
+    assert len(list(tmp_path.rglob("_frozen_outputs_by_key/*/output.pkl"))) == 2
     monkeypatch.setattr(_cache, "VERSIONS", ("another", "release"))
     FineTunedClassifier(**params).fit(X, y)
-    assert len(list(tmp_path.rglob("_frozen_outputs_by_key/*/output.pkl"))) == 2
+    assert len(list(tmp_path.rglob("_frozen_outputs_by_key/*/output.pkl"))) == 4
 
 
 def test_weights_key_hashes_bfloat16_weights_by_content():
@@ -269,3 +319,117 @@ def test_weights_key_hashes_bfloat16_weights_by_content():
     with torch.no_grad():
         twin.blocks[0].weight[0, 0] += 1
     assert weights_key(body) != weights_key(twin)
+
+
+def _count_partial_fits(monkeypatch):
+    from sktransfer._finetune import _TransferNet
+
+    partial_fit, calls = _TransferNet.partial_fit, []
+
+    def counting(net, X, y=None, **kwargs):
+        calls.append(kwargs.get("epochs"))
+        return partial_fit(net, X, y, **kwargs)
+
+    monkeypatch.setattr(_TransferNet, "partial_fit", counting)
+    return calls
+
+
+@pytest.mark.parametrize("warmup", ["linear_probe", "epochs"])
+@pytest.mark.parametrize(
+    "after",
+    [
+        {"unfreeze_depth": 2, "backbone_lr": 1e-2},
+        {"unfreeze_depth": 3, "layer_decay": 0.5, "train_bn": True},
+        {"unfreeze_depth": 1, "strategy": "lora"},
+    ],
+)
+def test_a_fit_reusing_a_stored_warm_up_equals_one_computing_it(
+    vectors, tmp_path, monkeypatch, after, warmup
+):
+    import torch
+
+    X, y = vectors
+    common = {
+        "backbone": make_mlp(n_in=6),
+        "warmup_epochs": 2,
+        "max_epochs": 4,
+        "lr": 1e-2,
+        "batch_size": 8,
+        "random_state": 0,
+        "warmup": warmup,
+    }
+    calls = _count_partial_fits(monkeypatch)
+    shared = str(tmp_path / "shared")
+    # Another candidate on the same fold stores the warm-up ...
+    FineTunedClassifier(unfreeze_depth=1, memory=shared, **common).fit(X, y)
+    assert calls == [2, 2]
+    calls.clear()
+    reused = FineTunedClassifier(memory=shared, **common, **after).fit(X, y)
+    assert calls == [2]  # ... which this one continues: only the fine-tuning epochs run
+    calls.clear()
+    alone = FineTunedClassifier(memory=str(tmp_path / "alone"), **common, **after).fit(X, y)
+    assert calls == [2, 2]
+    state, expected = reused.net_.module_.state_dict(), alone.net_.module_.state_dict()
+    assert state.keys() == expected.keys()
+    for name in state:
+        assert torch.equal(state[name], expected[name]), name
+    assert [r["train_loss"] for r in reused.history_] == [r["train_loss"] for r in alone.history_]
+    assert reused.n_trainable_params_ == alone.n_trainable_params_
+    np.testing.assert_array_equal(reused.predict_proba(X), alone.predict_proba(X))
+
+
+def test_memory_warms_up_once_per_fold_in_a_search(vectors, tmp_path, monkeypatch):
+    X, y = vectors
+    common = {"backbone": make_mlp(n_in=6), "warmup_epochs": 2, "max_epochs": 3, "lr": 1e-2}
+    grid = {"unfreeze_depth": [0, 1, 2], "backbone_lr": [1e-3, 1e-2]}
+    clf = FineTunedClassifier(batch_size=8, random_state=0, **common)
+    plain = GridSearchCV(clf, grid, cv=2).fit(X, y)
+    calls = _count_partial_fits(monkeypatch)
+    cached = GridSearchCV(clone(clf).set_params(memory=str(tmp_path)), grid, cv=2).fit(X, y)
+    # Warm-ups (2 epochs): one per fold and the refit's; every candidate fine-tunes.
+    assert calls.count(2) == 2 + 1 and calls.count(1) == 6 * 2 + 1
+    for name in ("split0_test_score", "split1_test_score"):
+        np.testing.assert_array_equal(plain.cv_results_[name], cached.cv_results_[name])
+
+
+@pytest.mark.parametrize(
+    "change", [{"lr": 1e-3}, {"random_state": 1}, {"batch_size": 4}, {"warmup_epochs": 1}]
+)
+def test_a_warm_up_is_not_reused_where_it_would_differ(vectors, tmp_path, monkeypatch, change):
+    X, y = vectors
+    common = {"backbone": make_mlp(n_in=6), "max_epochs": 3, "lr": 1e-2, "memory": str(tmp_path)}
+    params = {"warmup_epochs": 2, "batch_size": 8, "random_state": 0, **common}
+    calls = _count_partial_fits(monkeypatch)
+    FineTunedClassifier(unfreeze_depth=1, **params).fit(X, y)
+    calls.clear()
+    FineTunedClassifier(unfreeze_depth=2, **{**params, **change}).fit(X, y)
+    assert len(calls) == 2  # its own warm-up, then the fine-tuning
+
+
+def test_successive_halving_over_epochs_shares_the_warm_up(vectors, tmp_path, monkeypatch):
+    from sklearn.experimental import enable_halving_search_cv  # noqa: F401
+    from sklearn.model_selection import HalvingGridSearchCV
+
+    X, y = vectors
+    clf = FineTunedClassifier(
+        backbone=make_mlp(n_in=6), warmup_epochs=2, lr=1e-2, batch_size=8, random_state=0
+    )
+    grid = {"unfreeze_depth": [0, 1, 2], "backbone_lr": [1e-3, 1e-2]}
+    options = {"resource": "max_epochs", "max_resources": 6, "factor": 3, "cv": 2}
+    # A first round shorter than the warm-up fails each fit: the message says what to set.
+    search = HalvingGridSearchCV(clf, grid, min_resources=1, error_score="raise", **options)
+    with pytest.raises(ValueError, match=r"min_resources >= warmup_epochs"):
+        search.fit(X, y)
+    with pytest.warns(UserWarning, match="no epoch is left after the warm-up"):
+        plain = HalvingGridSearchCV(clf, grid, min_resources=2, **options).fit(X, y)
+    calls = _count_partial_fits(monkeypatch)
+    with pytest.warns(UserWarning, match="no epoch is left after the warm-up"):
+        cached = HalvingGridSearchCV(
+            clone(clf).set_params(memory=str(tmp_path)), grid, min_resources=2, **options
+        ).fit(X, y)
+    # Rounds of 2 and 6 epochs: one warm-up per fold and the refit's, all rounds together.
+    assert list(cached.n_resources_) == [2, 6] and calls.count(2) == 2 + 1
+    assert cached.best_params_ == plain.best_params_
+    np.testing.assert_array_equal(
+        plain.cv_results_["mean_test_score"], cached.cv_results_["mean_test_score"]
+    )

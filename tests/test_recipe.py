@@ -225,6 +225,30 @@ def test_blocks_overriding_train_are_called(vectors):
     clf.fit(X, y)
     frozen, top = clf.net_.module_.body.blocks
     assert True in top.modes  # each call reached the block's own train()
-    clf.net_.module_.train()
+    n_calls = len(top.modes)
+    clf.net_.module_.train()  # already in train mode: the blocks are called all the same
+    assert len(top.modes) == n_calls + 1
     assert top.training and top.modes[-1] is True
     assert not frozen.training and frozen.modes[-1] is False  # kept in eval
+
+
+def test_train_puts_back_modes_changed_from_outside(images):
+    X, y = images
+    X = (X.transpose(0, 3, 1, 2) / 255).astype(np.float32)
+    clf = FineTunedClassifier(backbone=make_cnn(), unfreeze_depth=1, max_epochs=2).fit(X, y)
+    module = clf.net_.module_
+
+    def modes():
+        return [m.training for m in module.modules()]
+
+    module.train()
+    expected = modes()
+    kept_bn = module.body.blocks[0][1]
+    assert not kept_bn.training and module.body.blocks[2][0].training
+    for change in (lambda: kept_bn.train(), lambda: module.body.train(), lambda: module.eval()):
+        change()
+        assert modes() != expected
+        module.train()
+        assert modes() == expected
+    module.eval()
+    assert not any(modes())

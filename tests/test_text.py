@@ -225,13 +225,13 @@ def test_text_cache_on_disk_continues_lower_cuts_and_keys_max_length(tmp_path, m
     assert len(calls) == 3
     plain = FineTunedClassifier(**params, unfreeze_depth=1, frozen_cache=False).fit(TEXTS, LABELS)
     assert np.abs(one.predict_proba(TEXTS) - plain.predict_proba(TEXTS)).max() < 1e-5
-    passes = lambda: len(list(tmp_path.rglob("_frozen_outputs_by_key/*/output.pkl")))  # noqa: E731
-    assert passes() == 2
+    stored = lambda: len(list(tmp_path.rglob("_frozen_outputs_by_key/*/output.pkl")))  # noqa: E731
+    assert stored() == 5  # the first pass's cut and the 3 below it, then the higher cut
     # Another max_length is another key: a pass of its own.
     calls.clear()
     short = FineTunedClassifier(**params, unfreeze_depth=1, max_length=4, memory=str(tmp_path))
     short.fit(TEXTS, LABELS)
-    assert len(calls) == 3 and passes() == 3
+    assert len(calls) == 3 and stored() == 5 + 4
 
 
 def test_text_activations_are_kept_per_sample_at_their_own_length():
