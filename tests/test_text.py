@@ -227,6 +227,13 @@ def test_text_cache_on_disk_continues_lower_cuts_and_keys_max_length(tmp_path, m
     assert np.abs(one.predict_proba(TEXTS) - plain.predict_proba(TEXTS)).max() < 1e-5
     stored = lambda: len(list(tmp_path.rglob("_frozen_outputs_by_key/*/output.pkl")))  # noqa: E731
     assert stored() == 5  # the first pass's cut and the 3 below it, then the higher cut
+    # A deeper model trains from a lower cut the first pass kept, in the texts' order.
+    calls.clear()
+    three = FineTunedClassifier(**params, unfreeze_depth=3, memory=str(tmp_path))
+    three.fit(TEXTS, LABELS)
+    assert len(calls) == 0 and stored() == 5
+    plain = FineTunedClassifier(**params, unfreeze_depth=3, frozen_cache=False).fit(TEXTS, LABELS)
+    assert np.abs(three.predict_proba(TEXTS) - plain.predict_proba(TEXTS)).max() < 1e-5
     # Another max_length is another key: a pass of its own.
     calls.clear()
     short = FineTunedClassifier(**params, unfreeze_depth=1, max_length=4, memory=str(tmp_path))
