@@ -134,8 +134,11 @@ class _Any:
 _NAMED = {
     "boolean": _Any([_InstanceOf(bool), _InstanceOf(np.bool_)], "a bool"),
     "random_state": _Any(
-        [_NoneValue(), Interval(Integral, 0, 2**32 - 1, closed="both"),
-         _InstanceOf(np.random.RandomState)],
+        [
+            _NoneValue(),
+            Interval(Integral, 0, 2**32 - 1, closed="both"),
+            _InstanceOf(np.random.RandomState),
+        ],
         "None, an int in the range [0, 2**32 - 1] or a numpy RandomState",
     ),
     "verbose": _Any(

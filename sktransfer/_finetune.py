@@ -547,7 +547,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         if not isinstance(strategy, LoRA) or not strategy.depth or strategy.targets(body):
             return
         name = self.backbone if isinstance(self.backbone, str) else "the backbone module"
-        top = [type(b).__name__ for b in body.blocks[len(body.blocks) - strategy.depth:]]
+        top = [type(b).__name__ for b in body.blocks[len(body.blocks) - strategy.depth :]]
         raise ValueError(
             f"strategy='lora' adapts nn.Linear and 1x1 nn.Conv2d layers, but the top "
             f"unfreeze_depth={self.unfreeze_depth!r} blocks of {name} ({', '.join(top)}, "
@@ -666,8 +666,13 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         depth = self._trained_depth(n_blocks)
         if self.strategy == "lora":
             strategy = LoRA(
-                depth, self.backbone_lr, self.layer_decay, rank=self.lora_rank,
-                alpha=self.lora_alpha, dropout=self.lora_dropout, seed=lora_seed,
+                depth,
+                self.backbone_lr,
+                self.layer_decay,
+                rank=self.lora_rank,
+                alpha=self.lora_alpha,
+                dropout=self.lora_dropout,
+                seed=lora_seed,
             )
         else:
             strategy = UnfreezeTop(depth, self.backbone_lr, self.layer_decay, self.train_bn)

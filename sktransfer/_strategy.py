@@ -189,8 +189,9 @@ class LoRA:
 
     phase = "finetune"
 
-    def __init__(self, depth, backbone_lr, layer_decay=1.0, rank=8, alpha=16.0, dropout=0.0,
-                 seed=0):
+    def __init__(
+        self, depth, backbone_lr, layer_decay=1.0, rank=8, alpha=16.0, dropout=0.0, seed=0
+    ):
         self.depth = depth
         self.backbone_lr = backbone_lr
         self.layer_decay = layer_decay
@@ -204,7 +205,7 @@ class LoRA:
 
     def _top(self, body):
         units = _units(body)
-        return nn.ModuleList(units[len(units) - self.depth:] if self.depth else [])
+        return nn.ModuleList(units[len(units) - self.depth :] if self.depth else [])
 
     def targets(self, body):
         """Names (in the top blocks) of the layers that get adapters."""
@@ -216,7 +217,9 @@ class LoRA:
         if names:
             peft = _peft()
             config = peft.LoraConfig(
-                r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout,
+                r=self.rank,
+                lora_alpha=self.alpha,
+                lora_dropout=self.dropout,
                 # A str is matched against whole names (a list, against their ends).
                 target_modules="|".join(re.escape(name) for name in names),
             )

@@ -32,7 +32,7 @@ def _mlp(n_in=6):
 
 def _adapter_params(backbone, depth, rank):
     """Parameters of rank-``rank`` adapters on every nn.Linear of the top blocks."""
-    blocks = list(backbone.children())[len(backbone) - depth:]
+    blocks = list(backbone.children())[len(backbone) - depth :]
     linears = [m for block in blocks for m in block.modules() if isinstance(m, nn.Linear)]
     return sum(rank * (m.in_features + m.out_features) for m in linears)
 
@@ -88,8 +88,12 @@ def test_lora_trains_the_adapters_of_the_top_blocks_only():
     assert strategy.cut(3) == 1
     # Everything stays in eval but the adapters' dropout.
     module.train()
-    dropouts = [d for m in module.body.modules() if isinstance(m, LoraLayer)
-                for d in m.lora_dropout.values()]
+    dropouts = [
+        d
+        for m in module.body.modules()
+        if isinstance(m, LoraLayer)
+        for d in m.lora_dropout.values()
+    ]
     assert len(dropouts) == 2 and all(d.training for d in dropouts)
     leaves = [m for m in module.body.modules() if not list(m.children())]
     assert not any(m.training for m in leaves if not any(m is d for d in dropouts))
@@ -166,8 +170,14 @@ def test_lora_counts_adapters_and_head(vectors):
 def test_merged_model_predicts_as_the_unmerged_one(vectors, monkeypatch, frozen_cache):
     X, y = vectors
     params = {
-        "backbone": _mlp(), "strategy": "lora", "unfreeze_depth": 2, "max_epochs": 3,
-        "lr": 1e-2, "backbone_lr": 1e-2, "frozen_cache": frozen_cache, "random_state": 0,
+        "backbone": _mlp(),
+        "strategy": "lora",
+        "unfreeze_depth": 2,
+        "max_epochs": 3,
+        "lr": 1e-2,
+        "backbone_lr": 1e-2,
+        "frozen_cache": frozen_cache,
+        "random_state": 0,
     }
     merged = FineTunedClassifier(**params).fit(X, y)
     monkeypatch.setattr(_strategy, "merge_adapters", lambda body: None)
@@ -184,8 +194,13 @@ def test_merged_model_predicts_as_the_unmerged_one(vectors, monkeypatch, frozen_
 def test_cache_on_and_off_give_the_same_lora_model(vectors, lora_dropout):
     X, y = vectors
     common = {
-        "strategy": "lora", "unfreeze_depth": 2, "lora_dropout": lora_dropout,
-        "max_epochs": 4, "batch_size": 16, "backbone_lr": 1e-2, "random_state": 0,
+        "strategy": "lora",
+        "unfreeze_depth": 2,
+        "lora_dropout": lora_dropout,
+        "max_epochs": 4,
+        "batch_size": 16,
+        "backbone_lr": 1e-2,
+        "random_state": 0,
     }
     on = FineTunedClassifier(backbone=_mlp(), frozen_cache=True, **common).fit(X, y)
     off = FineTunedClassifier(backbone=_mlp(), frozen_cache=False, **common).fit(X, y)

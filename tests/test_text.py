@@ -291,18 +291,30 @@ def test_text_errors(tmp_path):
         FineTunedClassifier(backbone=BACKBONE, unfreeze_depth=8).fit(TEXTS, LABELS)
     with pytest.raises(ValueError, match=r"input_size=32 only applies to a named image backbone"):
         PretrainedFeatureExtractor(backbone=BACKBONE, input_size=32).fit(TEXTS)
-    with pytest.raises(ValueError, match=r"max_length=600, but backbone='hf:.* has position "
-                       r"embeddings for 512 tokens; use 1..512 or None"):
+    with pytest.raises(
+        ValueError,
+        match=r"max_length=600, but backbone='hf:.* has position "
+        r"embeddings for 512 tokens; use 1..512 or None",
+    ):
         PretrainedFeatureExtractor(backbone=BACKBONE, max_length=600).fit(TEXTS)
-    with pytest.raises(InvalidParameterError, match=r"'max_length' parameter of "
-                       r"FineTunedClassifier must be None or an int in the range \[1, inf\)"):
+    with pytest.raises(
+        InvalidParameterError,
+        match=r"'max_length' parameter of "
+        r"FineTunedClassifier must be None or an int in the range \[1, inf\)",
+    ):
         FineTunedClassifier(backbone=BACKBONE, max_length=0).fit(TEXTS, LABELS)
-    with pytest.raises(ValueError, match=r"max_length=16 only applies to a text backbone "
-                       r"\('hf:<model>'\); backbone='resnet18' takes images"):
+    with pytest.raises(
+        ValueError,
+        match=r"max_length=16 only applies to a text backbone "
+        r"\('hf:<model>'\); backbone='resnet18' takes images",
+    ):
         PretrainedFeatureExtractor(backbone="resnet18", max_length=16).fit(np.zeros((1, 8, 8)))
     module = torch.nn.Sequential(torch.nn.Linear(2, 2))
-    with pytest.raises(ValueError, match=r"max_length=16 only applies to a text backbone "
-                       r"\('hf:<model>'\); a backbone given as a module takes its input as"):
+    with pytest.raises(
+        ValueError,
+        match=r"max_length=16 only applies to a text backbone "
+        r"\('hf:<model>'\); a backbone given as a module takes its input as",
+    ):
         FineTunedClassifier(backbone=module, max_length=16).fit(np.zeros((2, 2)), [0, 1])
     with pytest.raises(ValueError, match=r"weights='IMAGENET1K_V1' is not valid for backbone="):
         PretrainedFeatureExtractor(backbone=BACKBONE, weights="IMAGENET1K_V1").fit(TEXTS)
