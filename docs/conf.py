@@ -7,6 +7,10 @@ two CPU cores); by default they are rendered without running, and say so.
 
 import os
 
+# sphinx-gallery looks up each name an example imports; HalvingGridSearchCV
+# exists only once enabled (scikit-learn's own conf.py does the same).
+from sklearn.experimental import enable_halving_search_cv  # noqa: F401
+
 import sktransfer
 
 project = "sktransfer"
