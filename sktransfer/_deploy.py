@@ -39,17 +39,13 @@ VERSION = 1
 DESCRIPTION_FILE = "model.json"
 WEIGHTS_FILE = "weights.pt"
 BACKBONE_FOLDER = "backbone"
-# The files of a text backbone that are kept: its configuration and tokenizer,
-# all JSON or plain text (no pickles, no code).
-_TEXT_FILES = (
-    "config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
+# The files of a text backbone that are kept: its configuration and the
+# tokenizer files the text family reads, those that are JSON or plain text
+# (no pickles, no code, no binary tokenizer models).
+_TEXT_FILES = tuple(
+    name
+    for name in ("config.json", *backbones.hf.TOKENIZER_FILES)
+    if name.endswith((".json", ".txt"))
 )
 # Fitted attributes that are rebuilt rather than kept.
 _REBUILT = ("net_", "backbone_")
