@@ -37,6 +37,20 @@ def make_cnn():
     return nn.Sequential(block(3, 4), block(4, 8), block(8, 8))
 
 
+def count_bottom_batches(monkeypatch, family):
+    """Record every batch the bottom block of each body ``family.build_body``
+    builds (the fitted copies) runs on."""
+    build, calls = family.build_body, []
+
+    def counting_build(*args, **kwargs):
+        body = build(*args, **kwargs)
+        body.blocks[0].register_forward_hook(lambda *args: calls.append(1))
+        return body
+
+    monkeypatch.setattr(family, "build_body", counting_build)
+    return calls
+
+
 def write_fake_fashion_mnist(folder):
     """Tiny idx files in Fashion-MNIST's format: 8 training and 2 test images a class."""
     rng = np.random.RandomState(0)

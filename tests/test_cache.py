@@ -9,7 +9,7 @@ from sklearn.pipeline import Pipeline
 
 from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor
 
-from .conftest import make_cnn, make_mlp
+from .conftest import count_bottom_batches, make_cnn, make_mlp
 
 
 def _cnn_data(images):
@@ -141,15 +141,7 @@ def _count_bottom_batches(monkeypatch):
     """Record every batch the bottom block of any fitted copy runs on."""
     from sktransfer.backbones import module as _module_family
 
-    build, calls = _module_family.build_body, []
-
-    def counting_build(*args, **kwargs):
-        body = build(*args, **kwargs)
-        body.blocks[0].register_forward_hook(lambda *args: calls.append(1))
-        return body
-
-    monkeypatch.setattr(_module_family, "build_body", counting_build)
-    return calls
+    return count_bottom_batches(monkeypatch, _module_family)
 
 
 @pytest.mark.parametrize("depths", [[2, 1, 0], [0, 1, 2], [1, 0, 2]])

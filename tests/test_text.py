@@ -17,6 +17,8 @@ from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor  # noqa: 
 from sktransfer._compat import InvalidParameterError  # noqa: E402
 from sktransfer.backbones import hf  # noqa: E402
 
+from .conftest import count_bottom_batches  # noqa: E402
+
 FOLDER = str(minilm.get_model_path())
 BACKBONE = "hf:" + FOLDER
 POSITIVE = [
@@ -39,18 +41,25 @@ TEXTS = POSITIVE + NEGATIVE
 LABELS = np.array([1] * 6 + [0] * 6)
 
 
-@pytest.fixture(scope="module")
-def reference():
-    """Tokens, last hidden states and sentence embeddings by plain transformers."""
+def plain_transformers(max_length):
+    """Tokens, last hidden states and sentence embeddings of ``TEXTS`` by plain
+    transformers, truncated at ``max_length``."""
     tokenizer = transformers.AutoTokenizer.from_pretrained(FOLDER)
     model = transformers.AutoModel.from_pretrained(FOLDER).eval()
-    tokens = tokenizer(TEXTS, padding=True, truncation=True, max_length=256, return_tensors="pt")
+    tokens = tokenizer(
+        TEXTS, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+    )
     with torch.no_grad():
         hidden = model(**tokens).last_hidden_state
     mask = tokens["attention_mask"].unsqueeze(-1).float()
     mean = (hidden * mask).sum(1) / mask.sum(1)
     embeddings = torch.nn.functional.normalize(mean, p=2, dim=1)
     return tokens, hidden, embeddings.numpy()
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return plain_transformers(max_length=256)
 
 
 def test_blocks_reproduce_the_model(reference):
@@ -85,18 +94,12 @@ def test_each_batch_is_padded_to_its_longest_text():
 
 
 def test_max_length_truncates_texts(reference):
-    tokenizer = transformers.AutoTokenizer.from_pretrained(FOLDER)
-    model = transformers.AutoModel.from_pretrained(FOLDER).eval()
-    tokens = tokenizer(TEXTS, padding=True, truncation=True, max_length=4, return_tensors="pt")
-    with torch.no_grad():
-        hidden = model(**tokens).last_hidden_state
-    mask = tokens["attention_mask"].unsqueeze(-1).float()
-    expected = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=1)
+    _, _, expected = plain_transformers(max_length=4)
     ext = PretrainedFeatureExtractor(backbone=BACKBONE, max_length=4).fit(TEXTS)
     assert ext.backbone_.preprocess.max_length == 4
     assert ext.backbone_.preprocess.tokenize(TEXTS)[0].shape == (12, 4)
     features = ext.transform(TEXTS)
-    assert np.abs(features - expected.numpy()).max() < 1e-5
+    assert np.abs(features - expected).max() < 1e-5
     assert np.abs(features - reference[2]).max() > 0.01  # not the default's 256
     clf = FineTunedClassifier(backbone=BACKBONE, max_length=4, unfreeze_depth=0, max_epochs=1)
     assert clf.fit(TEXTS, LABELS).net_.module_.body.preprocess.max_length == 4
@@ -177,15 +180,7 @@ def _count_bottom_batches(monkeypatch):
     """Record every batch the bottom block (the embeddings) of a fitted copy runs on."""
     from sktransfer import backbones
 
-    build, calls = backbones.build_body, []
-
-    def counting_build(*args, **kwargs):
-        body = build(*args, **kwargs)
-        body.blocks[0].register_forward_hook(lambda *args: calls.append(1))
-        return body
-
-    monkeypatch.setattr(backbones, "build_body", counting_build)
-    return calls
+    return count_bottom_batches(monkeypatch, backbones)
 
 
 @pytest.mark.parametrize("params", [{"unfreeze_depth": 1}, {"unfreeze_depth": 2}, LORA])
