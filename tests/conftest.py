@@ -6,7 +6,7 @@ import torch
 from threadpoolctl import threadpool_limits
 from torch import nn
 
-from sktransfer import clear_cache, datasets
+from sktransfer import FineTunedClassifier, clear_cache, datasets
 
 # The test networks are tiny: one thread is faster than two, and keeps the
 # suite fast when another process shares the two cores. BLAS too: the linear
@@ -35,6 +35,25 @@ def make_cnn():
         return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU())
 
     return nn.Sequential(block(3, 4), block(4, 8), block(8, 8))
+
+
+def small_search_classifier(**params):
+    """The classifier the tests of parallel searches search: an MLP of three
+    blocks on 6 features, its head warmed up from random weights."""
+    torch.manual_seed(0)
+    return FineTunedClassifier(
+        backbone=make_mlp(n_in=6),
+        warmup="epochs",
+        lr=1e-2,
+        max_epochs=3,
+        batch_size=8,
+        random_state=0,
+        **params,
+    )
+
+
+# Two depths at two rates, and the from-scratch baseline.
+SMALL_SEARCH_GRID = [{"unfreeze_depth": [2, 0], "backbone_lr": [1e-3, 1e-2]}, {"weights": [None]}]
 
 
 def count_bottom_batches(monkeypatch, family):

@@ -2,30 +2,17 @@
 
 import numpy as np
 import pytest
-import torch
 from joblib import parallel_backend
 from sklearn.model_selection import GridSearchCV
 
-from sktransfer import FineTunedClassifier
-
-from .conftest import make_mlp
+from .conftest import SMALL_SEARCH_GRID, small_search_classifier
 
 distributed = pytest.importorskip("distributed")
 
 
 def test_search_on_a_local_dask_cluster_equals_n_jobs_1(vectors, tmp_path):
     X, y = vectors
-    torch.manual_seed(0)
-    clf = FineTunedClassifier(
-        backbone=make_mlp(n_in=6),
-        warmup="epochs",
-        lr=1e-2,
-        max_epochs=3,
-        batch_size=8,
-        random_state=0,
-        memory=str(tmp_path / "cache"),
-    )
-    grid = [{"unfreeze_depth": [2, 0], "backbone_lr": [1e-3, 1e-2]}, {"weights": [None]}]
+    clf, grid = small_search_classifier(memory=str(tmp_path / "cache")), SMALL_SEARCH_GRID
     alone = GridSearchCV(clf, grid, cv=2, error_score="raise").fit(X, y)
     with (
         distributed.LocalCluster(

@@ -12,7 +12,7 @@ from torchvision.models import get_model
 
 from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor
 
-from .conftest import make_mlp
+from .conftest import make_mlp, small_search_classifier
 
 
 def _resnet_checkpoint(tmp_path):
@@ -73,15 +73,7 @@ def test_fits_in_threads_equal_fits_in_sequence(vectors, weights):
 
 def test_search_in_threads_with_memory_equals_search_in_sequence(vectors, tmp_path):
     X, y = vectors
-    torch.manual_seed(0)
-    clf = FineTunedClassifier(
-        backbone=make_mlp(n_in=6),
-        warmup="epochs",
-        lr=1e-2,
-        max_epochs=3,
-        batch_size=8,
-        random_state=0,
-    )
+    clf = small_search_classifier()
     grid = {"unfreeze_depth": [2, 1, 0], "backbone_lr": [1e-3, 1e-2]}
 
     def search(n_jobs, folder):
