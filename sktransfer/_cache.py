@@ -209,16 +209,29 @@ def lower_cuts(cut, n_blocks):
     return tuple(range(max(1, cut - LOWER_CUTS), min(cut, n_blocks)))
 
 
+def _run_from_input(body, X, cut, options, cuts, finish, lower=(), progress=None, contiguous=True):
+    """:func:`run_blocks_keeping` from the input ``X`` to ``cut``, ``options``
+    being ``(batch_size, device, precision, channels_last)``: texts run in
+    batches of similar length, and the outputs come back in the order of ``X``.
+    ``progress``: the description of a progress bar (:func:`with_progress`)."""
+    batch_size, device, precision, channels_last = options
+    grouped, restore = group_by_length(X, body.preprocess)
+    batches = _input_batches(body, grouped, batch_size, device, channels_last, contiguous)
+    batches = with_progress(batches, len(X), batch_size, progress)
+    kept, pooled = run_blocks_keeping(
+        body, batches, 0, cut, device, precision, cuts, finish, len(X), lower
+    )
+    return {k: restore(a) for k, a in kept.items()}, restore(pooled)
+
+
 def embed(body, X, batch_size, device, precision="float32", channels_last=False, progress=None):
     """Pooled features of ``X`` through the whole ``body``.
 
     Batches keep the input's memory layout (channels-last images run faster).
     ``progress``: the description of a progress bar (:func:`with_progress`).
     """
-    X, restore = group_by_length(X, body.preprocess)  # texts: batches of similar length
-    batches = _input_batches(body, X, batch_size, device, channels_last, contiguous=False)
-    batches = with_progress(batches, len(X), batch_size, progress)
-    return restore(run_blocks(body, batches, 0, 0, device, precision, keep=False, finish=True)[1])
+    options = (batch_size, device, precision, channels_last)
+    return _run_from_input(body, X, 0, options, (), True, progress=progress, contiguous=False)[1]
 
 
 def frozen_outputs(
@@ -246,11 +259,10 @@ def frozen_outputs(
     n_blocks = len(body.blocks)
     keep = 0 < cut < n_blocks
     if start is None:
-        X, restore = group_by_length(X, body.preprocess)
-        batches = _input_batches(body, X, batch_size, device, channels_last, contiguous=True)
-        batches = with_progress(batches, len(X), batch_size, progress)
-        activations, pooled = run_blocks(body, batches, 0, cut, device, precision, keep, True)
-        return restore(pooled), restore(activations)
+        options = (batch_size, device, precision, channels_last)
+        own = (cut,) if keep else ()
+        kept, pooled = _run_from_input(body, X, cut, options, own, True, progress=progress)
+        return pooled, kept.get(cut)
     begin, pooled, earlier = start
     if begin == cut or not keep:
         return pooled, earlier if keep else None
@@ -340,15 +352,9 @@ class FrozenStore:
                 start = (k, *cached(body, X, k, *options, key=key))
                 return cached(body, X, cut, *options, key=key, start=start, progress=progress)
         n_blocks = len(body.blocks)
-        batch_size, device, precision, channels_last = options
-        grouped, restore = group_by_length(X, body.preprocess)
-        batches = _input_batches(body, grouped, batch_size, device, channels_last, contiguous=True)
-        batches = with_progress(batches, len(X), batch_size, progress)
         own = (cut,) if 0 < cut < n_blocks else ()
-        kept, pooled = run_blocks_keeping(
-            body, batches, 0, cut, device, precision, own, True, len(X), lower_cuts(cut, n_blocks)
-        )
-        kept, pooled = {k: restore(a) for k, a in kept.items()}, restore(pooled)
+        lower = lower_cuts(cut, n_blocks)
+        kept, pooled = _run_from_input(body, X, cut, options, own, True, lower, progress)
         # Each stored as the pass to its cut gives it (``start`` at that cut runs nothing).
         for k in sorted(set(kept) - {cut}):
             if not cached.check_call_in_cache(body, X, k, *options, key=key):
@@ -375,23 +381,18 @@ class FrozenStore:
         if stored is not None:
             return stored
         n_blocks = len(body.blocks)
-        restore = None
         last = cut == n_blocks
+        own = () if last else (cut,)
         if lower is None:
-            X, restore = group_by_length(X, body.preprocess)
-            batches = _input_batches(body, X, batch_size, device, channels_last, contiguous=True)
-            begin, extra = 0, lower_cuts(cut, n_blocks)
+            kept, pooled = _run_from_input(
+                body, X, cut, options, own, last, lower_cuts(cut, n_blocks)
+            )
         else:
             batches = stored_batches(body, entry[lower], batch_size, device, channels_last)
-            begin, extra = lower, ()
-        own = () if last else (cut,)
-        kept, pooled = run_blocks_keeping(
-            body, batches, begin, cut, device, precision, own, last, len(X), extra
-        )
+            kept, pooled = run_blocks_keeping(
+                body, batches, lower, cut, device, precision, own, last
+            )
         stored = pooled if last else kept[cut]
-        if restore is not None:
-            stored = restore(stored)
-            kept = {k: restore(a) for k, a in kept.items()}
         with self._lock:
             entry.update(kept)
             entry[cut] = stored
