@@ -123,6 +123,17 @@ def cuda_missing(device):
     return torch.device(device).type == "cuda" and not torch.cuda.is_available()
 
 
+def warn_loaded_on_cpu(name, device):
+    """Warn that a model of class ``name`` fitted on CUDA ``device`` is loaded on the CPU."""
+    warnings.warn(
+        f"{name} was fitted with device={str(device)!r}, but CUDA is not available on this "
+        f"machine: its weights are loaded on the CPU and it predicts there (device='cpu'). "
+        f"set_params(device=...) moves the fitted model to another device without refitting.",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
 def _fitted_attributes(estimator):
     return {k: v for k, v in vars(estimator).items() if k.endswith("_") and not k.startswith("__")}
 
@@ -176,14 +187,7 @@ class BackboneMixin:
         device = state.get("device")
         fitted = any(k.endswith("_") and not k.startswith("__") for k in state)
         if fitted and device is not None and cuda_missing(device):
-            warnings.warn(
-                f"{type(self).__name__} was fitted with device={str(device)!r}, but CUDA "
-                f"is not available on this machine: its weights are loaded on the CPU "
-                f"and it predicts there (device='cpu'). set_params(device=...) moves "
-                f"the fitted model to another device without refitting.",
-                UserWarning,
-                stacklevel=2,
-            )
+            warn_loaded_on_cpu(type(self).__name__, device)
             state = {**state, "device": "cpu"}
         super().__setstate__(state)
 

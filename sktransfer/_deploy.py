@@ -22,7 +22,6 @@ import json
 import os
 import pathlib
 import tempfile
-import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -31,7 +30,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from . import backbones
-from ._base import cuda_missing, seeded_build
+from ._base import cuda_missing, seeded_build, warn_loaded_on_cpu
 from ._modules import Body, ImagePreprocess, TextPreprocess, TransferModule
 
 FORMAT = "sktransfer-model"
@@ -317,14 +316,7 @@ def rebuild(description, tensors, files=None, backbone=None):
     cls = _check_description(description)
     params, arch = _unplain_params(description["params"]), description["backbone"]
     if cuda_missing(params.get("device") or "cpu"):
-        warnings.warn(
-            f"{cls.__name__} was fitted with device={str(params['device'])!r}, but CUDA is "
-            f"not available on this machine: its weights are loaded on the CPU and it "
-            f"predicts there (device='cpu'). set_params(device=...) moves the fitted model "
-            f"to another device without refitting.",
-            UserWarning,
-            stacklevel=2,
-        )
+        warn_loaded_on_cpu(cls.__name__, params["device"])
         params["device"] = "cpu"
     if arch["named"]:
         if backbone is not None:
