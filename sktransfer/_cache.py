@@ -21,6 +21,7 @@ predicting (:func:`stored_batches`, :func:`training_inputs`).
 loaded backbones.
 """
 
+import hashlib
 import math
 import sys
 import threading
@@ -34,7 +35,7 @@ from sklearn.utils.validation import check_memory
 from tqdm import tqdm
 
 from . import __version__
-from ._input import ImagePaths, file_stamp, group_by_length, iter_batches, to_device
+from ._input import ImagePaths, Texts, file_stamp, group_by_length, iter_batches, to_device
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # In disk keys: another release may compute (or read files) otherwise.
@@ -308,6 +309,54 @@ def data_key(X):
     return X
 
 
+def row_keys(X):
+    """``(kind, keys)``: what identifies each sample of ``X`` in process, and the
+    kind of input they are keys of (dtype and shape of an array's rows); None
+    for input the rows of which are not kept."""
+    if isinstance(X, ImagePaths):  # files rewritten in place must not match
+        return "paths", [file_stamp(path) for path in X]
+    if isinstance(X, Texts):
+        return "texts", list(X)
+    if isinstance(X, np.ndarray) and X.dtype != object and len(X):
+        rows = np.ascontiguousarray(X).reshape(len(X), -1).view(np.uint8)
+        keys = [hashlib.blake2b(row, digest_size=16).digest() for row in rows]
+        return (X.dtype.str, X.shape[1:]), keys
+    return None
+
+
+def take_rows(X, index):
+    """The samples of ``X`` at ``index``, in the input's own form."""
+    if isinstance(X, (ImagePaths, Texts)):
+        return type(X)(X[i] for i in index)
+    return X[index]
+
+
+class _Pass:
+    """The outputs of one pass over some samples: ``outputs`` maps a cut (or
+    ``"pooled"``) to an array with a row per sample, ``index`` a sample's key
+    to its row."""
+
+    def __init__(self, keys, outputs):
+        self.index = {key: i for i, key in enumerate(keys)}
+        self.outputs = outputs
+        self.nbytes = sum(nbytes(a) for a in outputs.values())
+
+
+def _gather(sources, n, name):
+    """Rows of output ``name`` for ``n`` samples from ``sources``, a list of
+    ``(pass, rows in the result, rows in the pass)``."""
+    first = sources[0][0].outputs[name]
+    out = np.empty((n, *first.shape[1:]), dtype=first.dtype)
+    for done, at, rows in sources:
+        stored = done.outputs[name]
+        if stored.dtype == object:  # per-sample arrays, set one by one
+            for i, j in zip(at, rows):
+                out[i] = stored[j]
+        else:
+            out[at] = stored[rows]
+    return out
+
+
 class FrozenStore:
     """Frozen outputs kept across fits: on disk with ``memory``, in process for predictions.
 
@@ -319,6 +368,7 @@ class FrozenStore:
     def __init__(self, max_bytes=256 * 2**20):
         self.max_bytes = max_bytes
         self._recent = OrderedDict()
+        self._passes = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self):
@@ -328,6 +378,66 @@ class FrozenStore:
         """Forget the outputs kept in process (the disk cache is ``memory``'s)."""
         with self._lock:
             self._recent.clear()
+            self._passes.clear()
+
+    def _from_input(self, body, X, cut, options, cuts, finish, lower, progress, source):
+        """:func:`_run_from_input`, samples a recent pass computed taken from it.
+
+        A search's folds overlap: with ``cv=3`` every training part shares
+        half its samples with each other one, and each validation part lies
+        in the other folds' training parts. So the outputs of each pass from
+        the input are kept in process (within ``max_bytes``, the oldest passes
+        dropped first) by sample, keyed by ``source``, ``options`` and what
+        identifies the sample (:func:`row_keys`); a later pass with the same
+        keys runs the blocks over the samples no kept pass has, with all the
+        outputs asked for, only. A sample's outputs do not depend on the
+        other samples of its batch (blocks below a cut run in eval mode), up
+        to float rounding.
+        """
+        rows = None if source is None else row_keys(X)
+        if rows is None:
+            return _run_from_input(body, X, cut, options, cuts, finish, lower, progress)
+        kind, keys = rows
+        batch_size, device, precision, channels_last = options
+        key = (source, batch_size, str(device), precision, channels_last, kind)
+        wanted = [*cuts, "pooled"] if finish else list(cuts)
+        with self._lock:
+            passes = [done for k, done in reversed(self._passes.values()) if k == key]
+        found, missing = {}, []
+        for i, sample in enumerate(keys):
+            for done in passes:
+                j = done.index.get(sample)
+                if j is not None and all(name in done.outputs for name in wanted):
+                    found[i] = (done, j)
+                    break
+            else:
+                missing.append(i)
+        if missing:
+            some = X if len(missing) == len(keys) else take_rows(X, missing)
+            kept, pooled = _run_from_input(body, some, cut, options, cuts, finish, lower, progress)
+            outputs = dict(kept) if pooled is None else {**kept, "pooled": pooled}
+            done = _Pass([keys[i] for i in missing], outputs)
+            self._keep(key, done)
+            if len(missing) == len(keys):
+                return kept, pooled
+            found.update((i, (done, j)) for j, i in enumerate(missing))
+        sources = {}
+        for i, (done, j) in found.items():
+            sources.setdefault(id(done), (done, [], []))
+            sources[id(done)][1].append(i)
+            sources[id(done)][2].append(j)
+        sources = list(sources.values())
+        # Lower cuts where every pass used has them (each pass kept what fit its budget).
+        names = [*cuts, *(k for k in lower if all(k in s[0].outputs for s in sources))]
+        kept = {k: _gather(sources, len(keys), k) for k in dict.fromkeys(names)}
+        return kept, _gather(sources, len(keys), "pooled") if finish else None
+
+    def _keep(self, key, done):
+        with self._lock:
+            self._passes[id(done)] = (key, done)
+            size = sum(d.nbytes for _, d in self._passes.values())
+            while size > self.max_bytes and self._passes:
+                size -= self._passes.popitem(last=False)[1][1].nbytes
 
     def fit_outputs(self, memory, body, X, cut, source, options, progress=None):
         """:func:`frozen_outputs` kept by ``memory`` (a folder or ``joblib.Memory``).
@@ -354,7 +464,7 @@ class FrozenStore:
         n_blocks = len(body.blocks)
         own = (cut,) if 0 < cut < n_blocks else ()
         lower = lower_cuts(cut, n_blocks)
-        kept, pooled = _run_from_input(body, X, cut, options, own, True, lower, progress)
+        kept, pooled = self._from_input(body, X, cut, options, own, True, lower, progress, source)
         # Each stored as the pass to its cut gives it (``start`` at that cut runs nothing).
         for k in sorted(set(kept) - {cut}):
             if not cached.check_call_in_cache(body, X, k, *options, key=key):
@@ -383,9 +493,9 @@ class FrozenStore:
         n_blocks = len(body.blocks)
         last = cut == n_blocks
         own = () if last else (cut,)
-        if lower is None:
-            kept, pooled = _run_from_input(
-                body, X, cut, options, own, last, lower_cuts(cut, n_blocks)
+        if lower is None:  # (pooled features pass through trained blocks unless ``last``)
+            kept, pooled = self._from_input(
+                body, X, cut, options, own, last, lower_cuts(cut, n_blocks), None, source
             )
         else:
             batches = stored_batches(body, entry[lower], batch_size, device, channels_last)

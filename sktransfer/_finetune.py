@@ -351,8 +351,12 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         each fold once whatever the order of the depths searched. The linear
         probe and the state the warm-up epochs end in are kept too: candidates
         that differ only after the warm-up run it once per fold, each
-        continuing exactly as it would alone. Only used where the frozen
-        cache is on.
+        continuing exactly as it would alone. In one process, passes share
+        samples too: the folds of a search overlap, so the recent passes'
+        outputs are kept by sample (256 MiB at most, never on disk) and a pass
+        runs the frozen blocks only over the samples none of them has (up to
+        float rounding, a sample's outputs do not depend on its batch). Only
+        used where the frozen cache is on.
         A model fitted with ``memory`` also keeps in process (never on disk)
         the frozen outputs of the inputs it predicted last, up to 256 MiB,
         so the candidates of a search score each validation fold from the

@@ -197,14 +197,27 @@ class TransferModule(nn.Module):
         groups = strategy.apply(self.body)
         if any(p.requires_grad for p in self.body.parameters()):
             self.body.source = None  # no longer the weights as loaded
-        self._kept_in_eval = [self.body.preprocess, *strategy.kept_in_eval(self.body)]
-        self.train(self.training)
+        self._keep_in_eval([self.body.preprocess, *strategy.kept_in_eval(self.body)])
         return groups
 
     def finish(self, strategy):
         """End training with ``strategy`` (which merges adapters into the weights)."""
         strategy.finish(self.body)
-        self._kept_in_eval = [self.body.preprocess, *strategy.kept_in_eval(self.body)]
+        self._keep_in_eval([self.body.preprocess, *strategy.kept_in_eval(self.body)])
+
+    def _keep_in_eval(self, modules):
+        """Keep ``modules`` in eval mode under ``train()``; plan the mode of each module.
+
+        The plan lists every submodule with the mode ``train(True)`` gives it,
+        so that the check skorch's ``train()`` on every batch starts with walks
+        a flat list (the module tree is walked again where the strategy
+        changes it: here).
+        """
+        self._kept_in_eval = modules
+        kept = {id(m) for k in modules for m in k.modules()}
+        submodules = [m for m in self.modules() if m is not self]
+        self._custom_train = any(type(m).train is not nn.Module.train for m in submodules)
+        self._mode_plan = [(m, id(m) not in kept) for m in submodules]
         self.train(self.training)
 
     def train(self, mode=True):
@@ -225,13 +238,10 @@ class TransferModule(nn.Module):
     def _in_mode(self, mode):
         """Whether ``train(mode)`` would change no module's mode and call no
         module's own ``train()``."""
-        kept = {id(m) for k in self._kept_in_eval for m in k.modules()} if mode else ()
-        for m in self.modules():
-            if m is not self and type(m).train is not nn.Module.train:
-                return False
-            if m.training != (mode and id(m) not in kept):
-                return False
-        return True
+        plan = self.__dict__.get("_mode_plan")
+        if plan is None or self._custom_train or self.training != mode:
+            return False
+        return all(m.training == (mode and trains) for m, trains in plan)
 
     def forward(self, x):
         return self.forward_from(x, self.input_stage)

@@ -122,3 +122,56 @@ def test_preprocessing_follows_the_weights_metadata():
     assert preprocess.size == 224
     assert preprocess.interpolation == "bicubic"
     np.testing.assert_allclose(preprocess.mean.flatten(), [0.485, 0.456, 0.406])
+
+
+class _Tied(torch.nn.Module):
+    """Parameters shared between submodules, a plain tensor attribute, a hook."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Linear(4, 4)
+        self.b = torch.nn.Linear(4, 4)
+        self.b.weight = self.a.weight
+        self.bn = torch.nn.BatchNorm1d(4)
+        self.scale = torch.tensor(2.0)
+        self.calls = []
+        self.a.register_forward_hook(lambda *args: self.calls.append(1))
+
+    def forward(self, x):
+        return self.bn(self.b(self.a(x))) * self.scale
+
+
+@pytest.mark.parametrize("make", [_Tied, "efficientnet_lite0"])
+def test_copy_module_copies_as_deepcopy_does(make, images):
+    import copy
+
+    from sktransfer.backbones._common import copy_module
+
+    if make is not _Tied:  # a named backbone as the store keeps it
+        model = FineTunedClassifier(backbone=make)._load_backbone(images[0])
+    else:
+        model = _Tied()
+        model.bn.eval()
+        model.a.weight.requires_grad_(False)
+    copied, reference = copy_module(model), copy.deepcopy(model)
+    assert repr(copied) == repr(reference) and type(copied) is type(model)
+    state, copied_state = model.state_dict(), copied.state_dict()
+    assert state.keys() == copied_state.keys()
+    for key, value in state.items():
+        assert torch.equal(copied_state[key], value)
+        assert copied_state[key].data_ptr() != value.data_ptr() or value.numel() == 0
+    modes = [(m.training, type(m)) for m in model.modules()]
+    assert [(m.training, type(m)) for m in copied.modules()] == modes
+    grads = [p.requires_grad for p in model.parameters()]
+    assert [p.requires_grad for p in copied.parameters()] == grads
+    if make is _Tied:
+        assert copied.b.weight is copied.a.weight  # still tied, and not to the original
+        assert copied.a.weight is not model.a.weight
+        assert copied.scale is not model.scale and float(copied.scale) == 2.0
+        x = torch.randn(3, 4)
+        torch.testing.assert_close(copied(x), model(x), rtol=0, atol=0)
+        assert list(copied.a._forward_hooks.values()) == list(model.a._forward_hooks.values())
+        assert copied.a._forward_hooks is not model.a._forward_hooks
+        with torch.no_grad():
+            copied.a.weight.add_(1)
+        assert not torch.equal(copied.a.weight, model.a.weight)

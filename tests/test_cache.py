@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV
@@ -155,10 +156,13 @@ def test_memory_runs_the_frozen_blocks_once_per_fold_in_any_order(
     calls = _count_bottom_batches(monkeypatch)
     cached = GridSearchCV(FineTunedClassifier(memory=str(tmp_path), **common), grid, cv=2)
     cached.fit(X, y)
-    # Per fold, one pass of the bottom block over the training part (2 batches)
-    # and one over the validation part (2), which keeps the lower cuts too; then
-    # the refit's pass (3 batches).
-    assert len(calls) == 2 * (2 + 2) + 3
+    # The bottom block runs over the first fold's training part (2 batches)
+    # and validation part (2), each pass keeping the lower cuts too; the second
+    # fold and the refit take their samples from those passes. Validation at a
+    # cut below the top keeps no pooled features (trained blocks give them),
+    # so unless depth 0 came first the second fold's pass runs over the first
+    # fold's validation part again (2).
+    assert len(calls) == (2 + 2 if depths[0] == 0 else 2 + 2 + 2)
     assert plain.best_params_ == cached.best_params_
     for name in ("split0_test_score", "split1_test_score"):
         np.testing.assert_array_equal(plain.cv_results_[name], cached.cv_results_[name])
@@ -214,11 +218,46 @@ def test_a_pass_keeps_lower_cuts_as_their_own_passes_give_them(images, tmp_path,
         np.testing.assert_array_equal(got[1], expected[1])
     # Bounded: lower cuts that do not fit in LOWER_BYTES are not kept.
     monkeypatch.setattr(_cache, "LOWER_BYTES", 0)
+    FROZEN.clear()  # nor kept in process from the passes above
     memory = joblib.Memory(tmp_path / "none", verbose=0)
     FROZEN.fit_outputs(memory, body, X, 3, source, options)
     del calls[:]
     FROZEN.fit_outputs(memory, body, X, 2, source, options)
     assert len(calls) == 3
+
+
+def test_a_pass_with_memory_runs_only_the_samples_no_kept_pass_has(images, tmp_path):
+    from sktransfer._cache import FROZEN, frozen_outputs, weights_key
+
+    X, y = _cnn_data(images)
+    body = FineTunedClassifier(backbone=make_cnn())._load_backbone(X)
+    options, source = (4, "cpu", "float32", False), weights_key(body)
+    calls = _count_calls(body.blocks[0])
+    FROZEN.fit_outputs(str(tmp_path / "a"), body, X[:8], 2, source, options)
+    assert len(calls) == 2
+    # X[4:] shares 4 samples with X[:8]: only the other 4 run (one batch).
+    got = FROZEN.fit_outputs(str(tmp_path / "b"), body, X[4:], 2, source, options)
+    assert len(calls) == 3
+    expected = frozen_outputs(body, X[4:], 2, *options)
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    # Samples are told apart by content, in any order: a changed one runs again.
+    changed = X[[9, 0, 5, 2]].copy()
+    changed[1] = 1 - changed[1]
+    del calls[:]
+    got = FROZEN.fit_outputs(str(tmp_path / "c"), body, changed, 2, source, options)
+    assert len(calls) == 1
+    expected = frozen_outputs(body, changed, 2, *options)
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    # Other weights are another key: nothing is taken from the passes above.
+    network = make_cnn()
+    with torch.no_grad():
+        network[0][0].weight.add_(0.5)
+    other = FineTunedClassifier(backbone=network)._load_backbone(X)
+    calls = _count_calls(other.blocks[0])
+    FROZEN.fit_outputs(str(tmp_path / "d"), other, X[:4], 2, weights_key(other), options)
+    assert len(calls) == 1
 
 
 @pytest.mark.parametrize("unfreeze_depth", [0, 2])
@@ -240,6 +279,9 @@ def test_predict_with_memory_reuses_frozen_outputs_in_process(
     expected = plain.predict_proba(X[:5])
     calls = []
     clf.net_.module_.body.blocks[0].register_forward_hook(lambda *args: calls.append(1))
+    np.testing.assert_allclose(clf.predict_proba(X[:5]), expected, atol=1e-6)
+    assert len(calls) == 0  # the fit's pass computed these samples' outputs
+    FROZEN.clear()
     np.testing.assert_allclose(clf.predict_proba(X[:5]), expected, atol=1e-6)
     np.testing.assert_allclose(clf.predict_proba(X[:5]), expected, atol=1e-6)
     assert len(calls) == 2  # 5 samples in batches of 4, once

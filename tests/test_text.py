@@ -253,6 +253,29 @@ def test_text_activations_are_kept_per_sample_at_their_own_length():
         np.testing.assert_allclose(a16, a, atol=1e-2)
 
 
+def test_text_passes_with_memory_run_only_texts_no_kept_pass_has(tmp_path):
+    from sktransfer._cache import FROZEN, frozen_outputs, weights_key
+    from sktransfer._input import Texts
+
+    body = FineTunedClassifier(backbone=BACKBONE)._load_backbone(TEXTS)
+    calls = []
+    body.blocks[0].register_forward_hook(lambda *args: calls.append(1))
+    options, source = (4, "cpu", "float32", False), weights_key(body)
+    FROZEN.fit_outputs(str(tmp_path / "a"), body, Texts(TEXTS[:8]), 5, source, options)
+    assert len(calls) == 2
+    # Texts 4-7 come from the first pass, 8-11 run (one batch), in any order.
+    texts = Texts(TEXTS[11:3:-1])
+    del calls[:]
+    pooled, acts = FROZEN.fit_outputs(str(tmp_path / "b"), body, texts, 5, source, options)
+    assert len(calls) == 1
+    expected_pooled, expected_acts = frozen_outputs(body, texts, 5, *options)
+    np.testing.assert_allclose(pooled, expected_pooled, atol=1e-5)
+    assert acts.dtype == object and len(acts) == len(texts)
+    for a, b in zip(acts, expected_acts):  # each text at its own length
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
 def test_float16_text_cache_trains_as_without_it(tmp_path):
     params = dict(backbone=BACKBONE, batch_size=4, max_epochs=2, random_state=0,
                   unfreeze_depth=2, precision="float16")  # fmt: skip

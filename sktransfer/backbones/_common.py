@@ -136,6 +136,54 @@ def load_strict(model, state, what, ignore_prefixes=()):
         )
 
 
+# Values a copy of a module shares with the original, as ``copy.deepcopy`` would.
+_IMMUTABLE = (type(None), bool, int, float, str, torch.dtype, torch.device)
+
+
+def copy_module(module, memo=None):
+    """``copy.deepcopy(module)``, in about half the time for a torch model.
+
+    ``deepcopy`` reduces and rebuilds every object of every submodule, the
+    empty hook dictionaries included. Here each submodule is rebuilt from its
+    ``__getstate__`` directly: parameters and buffers are deep-copied (tied
+    ones stay tied), submodules copied the same way, empty dictionaries and
+    sets made anew, immutable values shared, anything else deep-copied. A
+    module whose class pickles or copies itself otherwise is deep-copied.
+    """
+    memo = {} if memo is None else memo
+    found = memo.get(id(module))
+    if found is not None:
+        return found
+    cls = type(module)
+    plain = (
+        getattr(cls, "__deepcopy__", None) is None
+        and cls.__reduce_ex__ is object.__reduce_ex__
+        and cls.__reduce__ is object.__reduce__
+        and cls.__getstate__ is nn.Module.__getstate__
+        and cls.__setstate__ is nn.Module.__setstate__
+    )
+    if not plain:
+        return copy.deepcopy(module, memo)
+    new = cls.__new__(cls)
+    memo[id(module)] = new
+    memo.setdefault(id(memo), []).append(module)  # kept alive, as deepcopy does
+    state = {}
+    for name, value in module.__getstate__().items():
+        if name == "_modules":
+            value = type(value)(
+                (k, None if m is None else copy_module(m, memo)) for k, m in value.items()
+            )
+        elif name in ("_parameters", "_buffers"):
+            value = type(value)((k, copy.deepcopy(t, memo)) for k, t in value.items())
+        elif type(value) in (dict, OrderedDict, set) and not value:
+            value = type(value)()
+        elif type(value) not in _IMMUTABLE:
+            value = copy.deepcopy(value, memo)
+        state[name] = value
+    new.__setstate__(state)
+    return new
+
+
 class PristineStore:
     """Bodies built lately with pretrained weights, as loaded, locked for threads.
 
@@ -154,11 +202,11 @@ class PristineStore:
             if key not in self._items:
                 return None
             self._items.move_to_end(key)
-            return copy.deepcopy(self._items[key])
+            return copy_module(self._items[key])
 
     def put(self, key, body):
         with self._lock:
-            self._items[key] = copy.deepcopy(body)
+            self._items[key] = copy_module(body)
             while len(self._items) > self.max_items:
                 self._items.popitem(last=False)
 
