@@ -8,7 +8,9 @@ the same ``random_state``, the default linear-probe warm-up and
 On: the default in-fit cache plus ``memory=`` (a ``joblib.Memory`` in a fresh
 temporary folder each repeat), so candidates on the same fold share the
 frozen blocks' outputs, the linear probe and the warm-up, in training and in
-scoring.
+scoring, and folds share the samples they have in common. Each search starts
+from ``sktransfer.clear_cache()``: no outputs kept in process by the search
+before, and the weights read again (once per search, on and off alike).
 
 One row per order of the depths (ascending, descending) and number of torch
 threads (``--threads``, 1 and 2 by default: a search with ``n_jobs=1`` on
@@ -35,7 +37,7 @@ import torch
 from _table import write_csv
 from threadpoolctl import threadpool_limits
 
-from sktransfer import FineTunedClassifier
+from sktransfer import FineTunedClassifier, clear_cache
 from sktransfer.datasets import fetch_fashion_mnist
 
 ORDERS = {"ascending": [0, 1, 2], "descending": [2, 1, 0]}
@@ -63,6 +65,7 @@ def search(X, y, *, cache, depths, epochs, warmup_epochs):
             frozen_cache=cache,
             memory=folder if cache else None,
         )
+        clear_cache()  # nothing kept in process from the search before
         start = time.perf_counter()
         result = GridSearchCV(clf, grid, cv=3).fit(X, y)
         return time.perf_counter() - start, result
@@ -121,7 +124,7 @@ def main(argv=None):
     threadpool_limits(1)  # BLAS: see the docstring
     X_train, y_train, _, _ = fetch_fashion_mnist()
     X, y = sample(X_train, y_train, args.n_per_class)
-    # Imports and the first read of the weights, out of the first row's timings.
+    # Imports and the first read of the weights file, out of the first row's timings.
     FineTunedClassifier(backbone="efficientnet_lite0", input_size=64, unfreeze_depth=0).fit(X, y)
     print(
         f"{len(y)} images, 64 px, 6 candidates x cv=3, {args.warmup_epochs} warm-up epochs "
