@@ -318,8 +318,9 @@ def row_keys(X):
     if isinstance(X, Texts):
         return "texts", list(X)
     if isinstance(X, np.ndarray) and X.dtype != object and len(X):
-        rows = np.ascontiguousarray(X).reshape(len(X), -1).view(np.uint8)
-        keys = [hashlib.blake2b(row, digest_size=16).digest() for row in rows]
+        keys = [
+            hashlib.blake2b(np.ascontiguousarray(row).data, digest_size=16).digest() for row in X
+        ]
         return (X.dtype.str, X.shape[1:]), keys
     return None
 
@@ -381,7 +382,7 @@ class FrozenStore:
             self._passes.clear()
 
     def _from_input(self, body, X, cut, options, cuts, finish, lower, progress, source):
-        """:func:`_run_from_input`, samples a recent pass computed taken from it.
+        """:func:`_run_from_input`, taking the samples a recent pass computed from it.
 
         A search's folds overlap: with ``cv=3`` every training part shares
         half its samples with each other one, and each validation part lies
@@ -493,7 +494,7 @@ class FrozenStore:
         n_blocks = len(body.blocks)
         last = cut == n_blocks
         own = () if last else (cut,)
-        if lower is None:  # (pooled features pass through trained blocks unless ``last``)
+        if lower is None:  # no pooled features below the top: trained blocks give them
             kept, pooled = self._from_input(
                 body, X, cut, options, own, last, lower_cuts(cut, n_blocks), None, source
             )
