@@ -343,6 +343,36 @@ class _Pass:
         self.nbytes = sum(nbytes(a) for a in outputs.values())
 
 
+def _find(passes, keys, indices, names):
+    """``(found, missing)``: for each sample ``keys[i]`` of ``indices``, the
+    first of ``passes`` that kept all of ``names`` for it, as ``(pass, row)``,
+    or its index in ``missing``."""
+    found, missing = {}, []
+    for i in indices:
+        for done in passes:
+            j = done.index.get(keys[i])
+            if j is not None and all(name in done.outputs for name in names):
+                found[i] = (done, j)
+                break
+        else:
+            missing.append(i)
+    return found, missing
+
+
+def _assemble(found, order, names, optional=()):
+    """The outputs ``names``, and those of ``optional`` (lower cuts) that every
+    pass used kept, for the samples ``order`` (keys of ``found``), in order."""
+    sources = {}
+    for at, i in enumerate(order):
+        done, j = found[i]
+        rows = sources.setdefault(id(done), (done, [], []))
+        rows[1].append(at)
+        rows[2].append(j)
+    sources = list(sources.values())
+    names = [*names, *(k for k in optional if all(k in s[0].outputs for s in sources))]
+    return {name: _gather(sources, len(order), name) for name in dict.fromkeys(names)}
+
+
 def _gather(sources, n, name):
     """Rows of output ``name`` for ``n`` samples from ``sources``, a list of
     ``(pass, rows in the result, rows in the pass)``."""
@@ -404,15 +434,21 @@ class FrozenStore:
         wanted = [*cuts, "pooled"] if finish else list(cuts)
         with self._lock:
             passes = [done for k, done in reversed(self._passes.values()) if k == key]
-        found, missing = {}, []
-        for i, sample in enumerate(keys):
-            for done in passes:
-                j = done.index.get(sample)
-                if j is not None and all(name in done.outputs for name in wanted):
-                    found[i] = (done, j)
-                    break
-            else:
-                missing.append(i)
+        found, missing = _find(passes, keys, range(len(keys)), wanted)
+        if missing and finish and cuts and precision != "float16":
+            # Kept at the cut without pooled features (scored below the top):
+            # only the blocks above the cut run, on the kept activations.
+            part, missing = _find(passes, keys, missing, cuts)
+            if part:
+                order = list(part)
+                outputs = _assemble(part, order, cuts, lower)
+                batches = stored_batches(body, outputs[cut], batch_size, device, channels_last)
+                outputs["pooled"] = run_blocks(
+                    body, batches, cut, cut, device, precision, False, True
+                )[1]
+                done = _Pass([keys[i] for i in order], outputs)
+                self._keep(key, done)
+                found.update((i, (done, j)) for j, i in enumerate(order))
         if missing:
             some = X if len(missing) == len(keys) else take_rows(X, missing)
             kept, pooled = _run_from_input(body, some, cut, options, cuts, finish, lower, progress)
@@ -422,16 +458,8 @@ class FrozenStore:
             if len(missing) == len(keys):
                 return kept, pooled
             found.update((i, (done, j)) for j, i in enumerate(missing))
-        sources = {}
-        for i, (done, j) in found.items():
-            sources.setdefault(id(done), (done, [], []))
-            sources[id(done)][1].append(i)
-            sources[id(done)][2].append(j)
-        sources = list(sources.values())
-        # Lower cuts where every pass used has them (each pass kept what fit its budget).
-        names = [*cuts, *(k for k in lower if all(k in s[0].outputs for s in sources))]
-        kept = {k: _gather(sources, len(keys), k) for k in dict.fromkeys(names)}
-        return kept, _gather(sources, len(keys), "pooled") if finish else None
+        kept = _assemble(found, range(len(keys)), wanted, lower)
+        return kept, kept.pop("pooled", None)
 
     def _keep(self, key, done):
         with self._lock:

@@ -156,13 +156,12 @@ def test_memory_runs_the_frozen_blocks_once_per_fold_in_any_order(
     calls = _count_bottom_batches(monkeypatch)
     cached = GridSearchCV(FineTunedClassifier(memory=str(tmp_path), **common), grid, cv=2)
     cached.fit(X, y)
-    # The bottom block runs over the first fold's training part (2 batches)
-    # and validation part (2), each pass keeping the lower cuts too; the second
-    # fold and the refit take their samples from those passes. Validation at a
-    # cut below the top keeps no pooled features (trained blocks give them),
-    # so unless depth 0 came first the second fold's pass runs over the first
-    # fold's validation part again (2).
-    assert len(calls) == (2 + 2 if depths[0] == 0 else 2 + 2 + 2)
+    # The bottom block runs over each sample once: the first fold's training
+    # part (2 batches) and validation part (2), each pass keeping the lower
+    # cuts too; the second fold and the refit take their samples from those
+    # passes (validation below the top keeps no pooled features: the blocks
+    # above the cut run again for them, on the kept activations).
+    assert len(calls) == 2 + 2
     assert plain.best_params_ == cached.best_params_
     for name in ("split0_test_score", "split1_test_score"):
         np.testing.assert_array_equal(plain.cv_results_[name], cached.cv_results_[name])
@@ -248,6 +247,17 @@ def test_a_pass_with_memory_runs_only_the_samples_no_kept_pass_has(images, tmp_p
     got = FROZEN.fit_outputs(str(tmp_path / "c"), body, changed, 2, source, options)
     assert len(calls) == 1
     expected = frozen_outputs(body, changed, 2, *options)
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    # Scored below the top, samples keep no pooled features: a fit's pass runs
+    # the blocks above the cut on their kept activations, not the bottom block.
+    FROZEN.clear()
+    FROZEN.predict_outputs(body, X[:4], 2, source, options)
+    top = _count_calls(body.blocks[2])
+    del calls[:]
+    got = FROZEN.fit_outputs(str(tmp_path / "e"), body, X[:4], 2, source, options)
+    assert (len(calls), len(top)) == (0, 1)
+    expected = frozen_outputs(body, X[:4], 2, *options)
     for a, b in zip(got, expected):
         np.testing.assert_allclose(a, b, atol=1e-6)
     # Other weights are another key: nothing is taken from the passes above.
