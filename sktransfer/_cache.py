@@ -194,7 +194,7 @@ def run_blocks_keeping(
 def _within_budget(kept, lower, n_samples):
     """The cuts of ``lower``, closest to the top first, whose activations for
     ``n_samples`` take :data:`LOWER_BYTES` at most together, estimated from
-    the first batch kept."""
+    the first batch kept (texts run longest first: for them, a bound)."""
     chosen, total = set(), 0
     for k in sorted(lower, reverse=True):
         first = kept[k][0]

@@ -268,16 +268,19 @@ class TextDataset(torch.utils.data.Dataset):
 
 
 def group_by_length(X, preprocess):
-    """``(X, restore)``: texts sorted by their number of tokens, and ``restore``,
-    which puts outputs (one row per text, or None) back in the order of ``X``.
+    """``(X, restore)``: texts sorted by their number of tokens, longest first,
+    and ``restore``, which puts outputs (one row per text, or None) back in
+    the order of ``X``.
 
     Batches of texts of similar length are padded to little more than their
     own tokens (Rotten Tomatoes in batches of 32: 1.03 tokens computed per
-    token, against 1.92 in the data's order). Other input comes back as it is.
+    token, against 1.92 in the data's order). Longest first, the first batch
+    shows the most memory a batch takes, and sizes estimated from it (the
+    lower cuts a pass keeps) are bounds. Other input comes back as it is.
     """
     if not isinstance(X, Texts) or len(X) < 2:
         return X, _as_it_is
-    order = np.argsort(preprocess.lengths(X), kind="stable")
+    order = np.argsort(-np.asarray(preprocess.lengths(X)), kind="stable")
     inverse = np.empty_like(order)
     inverse[order] = np.arange(len(order))
 

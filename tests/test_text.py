@@ -276,6 +276,20 @@ def test_text_passes_with_memory_run_only_texts_no_kept_pass_has(tmp_path):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+def test_lower_cuts_kept_for_texts_stay_within_the_budget(monkeypatch):
+    from sktransfer import _cache
+    from sktransfer._input import Texts
+
+    body = FineTunedClassifier(backbone=BACKBONE)._load_backbone(TEXTS)
+    options = (4, "cpu", "float32", False)
+    kept, _ = _cache._run_from_input(body, Texts(TEXTS), 3, options, (3,), True, (2,))
+    size = _cache.nbytes(kept[2])
+    # Texts run longest first, so the first batch's bytes per text bound the rest.
+    monkeypatch.setattr(_cache, "LOWER_BYTES", size - 1)
+    kept, _ = _cache._run_from_input(body, Texts(TEXTS), 3, options, (3,), True, (2,))
+    assert 2 not in kept and 3 in kept
+
+
 def test_float16_text_cache_trains_as_without_it(tmp_path):
     params = dict(backbone=BACKBONE, batch_size=4, max_epochs=2, random_state=0,
                   unfreeze_depth=2, precision="float16")  # fmt: skip
@@ -482,7 +496,7 @@ def test_texts_are_grouped_by_length_into_batches(tiny):
     alone = np.concatenate([ext.transform([text]) for text in TEXTS])  # no padding at all
     widths = _batch_widths(ext.backbone_)
     features = ext.transform(TEXTS)
-    by_length = sorted(lengths)
+    by_length = sorted(lengths, reverse=True)  # longest first
     assert widths == [max(by_length[i : i + 4]) for i in (0, 4, 8)]
     assert sum(widths) < sum(max(lengths[i : i + 4]) for i in (0, 4, 8))  # the data's order
     # Outputs come back in the order of the input, as each text alone gives them.
@@ -500,7 +514,7 @@ def test_predictions_are_grouped_by_length_in_the_input_order(tiny):
     assert np.ptp(alone[:, 1]) > 1e-3  # texts get different probabilities
     widths = _batch_widths(clf.net_.module_.body)
     assert np.abs(clf.predict_proba(TEXTS) - alone).max() < 1e-5
-    assert widths == [max(sorted(lengths)[i : i + 4]) for i in (0, 4, 8)]
+    assert widths == [max(sorted(lengths, reverse=True)[i : i + 4]) for i in (0, 4, 8)]
 
 
 def test_padding_leaves_mean_pooled_features_as_they_are():
