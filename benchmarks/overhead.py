@@ -201,9 +201,9 @@ def text_extractor_case(repeats, n_texts=512, batch_size=32):
 
     def plain(grouped=False):
         order = np.arange(len(texts))
-        if grouped:  # sorted by number of tokens, as transform sorts them
+        if grouped:  # sorted by number of tokens, longest first, as transform sorts them
             ids = tokenizer(texts, truncation=True, max_length=256)["input_ids"]
-            order = np.argsort([len(x) for x in ids], kind="stable")
+            order = np.argsort([-len(x) for x in ids], kind="stable")
         out = []
         with torch.inference_mode():
             for start in range(0, len(texts), batch_size):
