@@ -9,7 +9,10 @@ random augmentation, so their outputs are computed once and reused:
   data share them; a pass to a higher cut continues a stored lower one;
 - in process, for the inputs predicted last by models with ``memory``
   (:meth:`FrozenStore.predict_outputs`): the candidates of a search score
-  each validation fold from the same outputs.
+  each validation fold from the same outputs;
+- in process, by sample, for the recent passes of models with ``memory``
+  (:meth:`FrozenStore._from_input`): a search's folds overlap, and each
+  sample runs through the frozen blocks once.
 
 Activations of one shape for every sample (images, vectors) are kept as one
 array. Where each sample's have a length of its own (text, padded per batch)
@@ -87,7 +90,9 @@ def _kept(body, a, dtype):
     """One batch of activations as the cache keeps it: an array of ``dtype``, or
     an object array of each sample's own where the body splits them."""
     if getattr(body, "activations", None) is None:  # bodies pickled before it
-        return a.to(dtype).cpu().numpy()
+        kept = a.to(dtype).cpu()
+        # A copy, not a view: the next block may change its input in place.
+        return (kept.clone() if kept.data_ptr() == a.data_ptr() else kept).numpy()
     items = body.activations.split(a, dtype)
     kept = np.empty(len(items), dtype=object)
     for i, item in enumerate(items):
@@ -111,8 +116,8 @@ def stored_batches(body, stored, batch_size, device, channels_last):
             batch = body.activations.collate(list(stored[start : start + batch_size]))
             yield to_device(batch, device)
         return
-    for a in iter_batches(stored, None, batch_size):
-        yield memory_format(a.to(device), channels_last).float()
+    for a in iter_batches(stored, None, batch_size):  # copies: blocks may work in place
+        yield memory_format(a.to(device, copy=True), channels_last).float()
 
 
 class _StoredDataset(torch.utils.data.Dataset):
@@ -373,6 +378,19 @@ def _assemble(found, order, names, optional=()):
     return {name: _gather(sources, len(order), name) for name in dict.fromkeys(names)}
 
 
+def _within_lower_bytes(kept, lower):
+    """``kept`` without the cuts of ``lower`` beyond :data:`LOWER_BYTES` together,
+    the closest to the top kept first (samples from several passes, each of
+    which kept what fit for its own number of samples)."""
+    total = 0
+    for k in sorted(lower, reverse=True):
+        if k in kept:
+            total += nbytes(kept[k])
+            if total > LOWER_BYTES:
+                del kept[k]
+    return kept
+
+
 def _gather(sources, n, name):
     """Rows of output ``name`` for ``n`` samples from ``sources``, a list of
     ``(pass, rows in the result, rows in the pass)``."""
@@ -389,11 +407,13 @@ def _gather(sources, n, name):
 
 
 class FrozenStore:
-    """Frozen outputs kept across fits: on disk with ``memory``, in process for predictions.
+    """Frozen outputs kept across fits: on disk with ``memory``, and in process.
 
-    The in-process part keeps, for the inputs predicted last, what the blocks
-    below each cut give; inputs seen least recently go first once the
-    outputs take more than ``max_bytes``. It is locked for threads.
+    In process it keeps two things, each within ``max_bytes``: for the inputs
+    predicted last, what the blocks below each cut give (inputs seen least
+    recently go first; ``len`` counts them), and the outputs of the recent
+    passes from the input by sample (:meth:`_from_input`; the oldest passes go
+    first). It is locked for threads.
     """
 
     def __init__(self, max_bytes=256 * 2**20):
@@ -441,7 +461,7 @@ class FrozenStore:
             part, missing = _find(passes, keys, missing, cuts)
             if part:
                 order = list(part)
-                outputs = _assemble(part, order, cuts, lower)
+                outputs = _within_lower_bytes(_assemble(part, order, cuts, lower), lower)
                 batches = stored_batches(body, outputs[cut], batch_size, device, channels_last)
                 outputs["pooled"] = run_blocks(
                     body, batches, cut, cut, device, precision, False, True
@@ -458,7 +478,7 @@ class FrozenStore:
             if len(missing) == len(keys):
                 return kept, pooled
             found.update((i, (done, j)) for j, i in enumerate(missing))
-        kept = _assemble(found, range(len(keys)), wanted, lower)
+        kept = _within_lower_bytes(_assemble(found, range(len(keys)), wanted, lower), lower)
         return kept, kept.pop("pooled", None)
 
     def _keep(self, key, done):
@@ -549,8 +569,9 @@ def clear_cache():
 
     sktransfer keeps the last pretrained backbones it loaded (so that the
     next candidate of a search copies one instead of reading its weights
-    again) and the frozen blocks' outputs for the inputs predicted last by
-    models fitted with ``memory``. This frees them; a ``memory`` folder on
+    again) and the frozen blocks' outputs for the inputs predicted last and the
+    samples of recent passes, of models fitted with ``memory``. This frees
+    them; a ``memory`` folder on
     disk is cleared with ``joblib.Memory(folder).clear()``.
 
     Examples

@@ -125,13 +125,14 @@ def test_preprocessing_follows_the_weights_metadata():
 
 
 class _Tied(torch.nn.Module):
-    """Parameters shared between submodules, a plain tensor attribute, a hook."""
+    """Parameters and a dict shared between submodules, a plain tensor attribute, a hook."""
 
     def __init__(self):
         super().__init__()
         self.a = torch.nn.Linear(4, 4)
         self.b = torch.nn.Linear(4, 4)
         self.b.weight = self.a.weight
+        self.a.options = self.b.options = {}  # one empty dict, shared
         self.bn = torch.nn.BatchNorm1d(4)
         self.scale = torch.tensor(2.0)
         self.calls = []
@@ -166,6 +167,7 @@ def test_copy_module_copies_as_deepcopy_does(make, images):
     assert [p.requires_grad for p in copied.parameters()] == grads
     if make is _Tied:
         assert copied.b.weight is copied.a.weight  # still tied, and not to the original
+        assert copied.a.options is copied.b.options and copied.a.options is not model.a.options
         assert copied.a.weight is not model.a.weight
         assert copied.scale is not model.scale and float(copied.scale) == 2.0
         x = torch.randn(3, 4)

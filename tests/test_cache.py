@@ -270,6 +270,41 @@ def test_a_pass_with_memory_runs_only_the_samples_no_kept_pass_has(images, tmp_p
     assert len(calls) == 1
 
 
+def test_lower_cuts_taken_from_several_passes_stay_within_the_budget(images, monkeypatch):
+    from sktransfer import _cache
+    from sktransfer._cache import FROZEN, weights_key
+
+    X, y = _cnn_data(images)
+    body = FineTunedClassifier(backbone=make_cnn())._load_backbone(X)
+    options, source = (4, "cpu", "float32", False), weights_key(body)
+    kept, _ = _cache._run_from_input(body, X, 3, options, (), True, (1, 2))
+    # Each half keeps both lower cuts; together, cut 2 alone is over the budget.
+    monkeypatch.setattr(_cache, "LOWER_BYTES", _cache.nbytes(kept[2]) - 1)
+    for half in (X[:6], X[6:]):
+        FROZEN.predict_outputs(body, half, 3, source, options)
+    kept, pooled = FROZEN._from_input(body, X, 3, options, (), True, (1, 2), None, source)
+    assert kept == {} and len(pooled) == 12
+
+
+def test_blocks_working_in_place_leave_kept_outputs_as_they_are(vectors, tmp_path):
+    X, y = vectors
+    # Each child is a block: the activations kept at the cut enter an in-place
+    # Hardswish, which changes what it is given (applied twice, it differs).
+    backbone = torch.nn.Sequential(
+        torch.nn.Linear(6, 8), torch.nn.Hardswish(inplace=True), torch.nn.Linear(8, 4)
+    )
+    params = dict(backbone=backbone, unfreeze_depth=2, max_epochs=3, batch_size=16, random_state=0)
+    off = FineTunedClassifier(**params, frozen_cache=False).fit(X, y)
+    expected = off.predict_proba(X)
+    on = FineTunedClassifier(**params).fit(X, y)
+    np.testing.assert_allclose(on.predict_proba(X), expected, atol=1e-6)
+    kept = FineTunedClassifier(**params, memory=str(tmp_path)).fit(X, y)
+    for _ in range(2):  # predictions from the outputs kept in process
+        np.testing.assert_allclose(kept.predict_proba(X), expected, atol=1e-6)
+    again = FineTunedClassifier(**params, memory=str(tmp_path / "other")).fit(X, y)
+    np.testing.assert_allclose(again.predict_proba(X), expected, atol=1e-6)
+
+
 @pytest.mark.parametrize("unfreeze_depth", [0, 2])
 def test_predict_with_memory_reuses_frozen_outputs_in_process(
     images, tmp_path, monkeypatch, unfreeze_depth

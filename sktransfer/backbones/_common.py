@@ -8,6 +8,7 @@ attached.
 """
 
 import copy
+import copyreg
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -147,8 +148,10 @@ def copy_module(module, memo=None):
     empty hook dictionaries included. Here each submodule is rebuilt from its
     ``__getstate__`` directly: parameters and buffers are deep-copied (tied
     ones stay tied), submodules copied the same way, empty dictionaries and
-    sets made anew, immutable values shared, anything else deep-copied. A
-    module whose class pickles or copies itself otherwise is deep-copied.
+    sets made anew (one shared stays shared), immutable values shared,
+    anything else deep-copied. A module that pickles or copies itself
+    otherwise (its class's methods, its own ``__deepcopy__``, a ``copyreg``
+    entry) is deep-copied.
     """
     memo = {} if memo is None else memo
     found = memo.get(id(module))
@@ -156,7 +159,8 @@ def copy_module(module, memo=None):
         return found
     cls = type(module)
     plain = (
-        getattr(cls, "__deepcopy__", None) is None
+        getattr(module, "__deepcopy__", None) is None
+        and cls not in copyreg.dispatch_table
         and cls.__reduce_ex__ is object.__reduce_ex__
         and cls.__reduce__ is object.__reduce__
         and cls.__getstate__ is nn.Module.__getstate__
@@ -176,7 +180,10 @@ def copy_module(module, memo=None):
         elif name in ("_parameters", "_buffers"):
             value = type(value)((k, copy.deepcopy(t, memo)) for k, t in value.items())
         elif type(value) in (dict, OrderedDict, set) and not value:
-            value = type(value)()
+            if id(value) not in memo:  # one shared by two modules stays shared
+                memo[id(value)] = type(value)()
+                memo[id(memo)].append(value)
+            value = memo[id(value)]
         elif type(value) not in _IMMUTABLE:
             value = copy.deepcopy(value, memo)
         state[name] = value
