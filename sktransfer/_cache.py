@@ -197,13 +197,19 @@ def run_blocks_keeping(
 
 
 def _within_budget(kept, lower, n_samples):
-    """The cuts of ``lower``, closest to the top first, whose activations for
-    ``n_samples`` take :data:`LOWER_BYTES` at most together, estimated from
-    the first batch kept (texts run longest first: for them, a bound)."""
+    """The cuts of ``lower`` whose activations for ``n_samples`` fit in
+    :data:`LOWER_BYTES` (:func:`_lower_within_bytes`), estimated from the
+    first batch kept (texts run longest first: for them, a bound)."""
+    sizes = {k: nbytes(kept[k][0]) * n_samples / max(len(kept[k][0]), 1) for k in lower}
+    return _lower_within_bytes(sizes)
+
+
+def _lower_within_bytes(sizes):
+    """The cuts of ``sizes`` (a cut's bytes), closest to the top first, that
+    take :data:`LOWER_BYTES` at most together."""
     chosen, total = set(), 0
-    for k in sorted(lower, reverse=True):
-        first = kept[k][0]
-        total += nbytes(first) * n_samples / max(len(first), 1)
+    for k in sorted(sizes, reverse=True):
+        total += sizes[k]
         if total > LOWER_BYTES:
             break
         chosen.add(k)
@@ -364,9 +370,10 @@ def _find(passes, keys, indices, names):
     return found, missing
 
 
-def _assemble(found, order, names, optional=()):
-    """The outputs ``names``, and those of ``optional`` (lower cuts) that every
-    pass used kept, for the samples ``order`` (keys of ``found``), in order."""
+def _assemble(found, order, names, lower=()):
+    """The outputs ``names``, and those of ``lower`` (cuts) that every pass used
+    kept and that fit in :data:`LOWER_BYTES` (each pass held its own samples
+    to it), for the samples ``order`` (keys of ``found``), in order."""
     sources = {}
     for at, i in enumerate(order):
         done, j = found[i]
@@ -374,21 +381,12 @@ def _assemble(found, order, names, optional=()):
         rows[1].append(at)
         rows[2].append(j)
     sources = list(sources.values())
-    names = [*names, *(k for k in optional if all(k in s[0].outputs for s in sources))]
-    return {name: _gather(sources, len(order), name) for name in dict.fromkeys(names)}
-
-
-def _within_lower_bytes(kept, lower):
-    """``kept`` without the cuts of ``lower`` beyond :data:`LOWER_BYTES` together,
-    the closest to the top kept first (samples from several passes, each of
-    which kept what fit for its own number of samples)."""
-    total = 0
-    for k in sorted(lower, reverse=True):
-        if k in kept:
-            total += nbytes(kept[k])
-            if total > LOWER_BYTES:
-                del kept[k]
-    return kept
+    out = {name: _gather(sources, len(order), name) for name in names}
+    shared = [k for k in lower if all(k in s[0].outputs for s in sources)]
+    cuts = {k: _gather(sources, len(order), k) for k in shared}
+    for k in _lower_within_bytes({k: nbytes(a) for k, a in cuts.items()}):
+        out[k] = cuts[k]
+    return out
 
 
 def _gather(sources, n, name):
@@ -461,7 +459,7 @@ class FrozenStore:
             part, missing = _find(passes, keys, missing, cuts)
             if part:
                 order = list(part)
-                outputs = _within_lower_bytes(_assemble(part, order, cuts, lower), lower)
+                outputs = _assemble(part, order, cuts, lower)
                 batches = stored_batches(body, outputs[cut], batch_size, device, channels_last)
                 outputs["pooled"] = run_blocks(
                     body, batches, cut, cut, device, precision, False, True
@@ -478,7 +476,7 @@ class FrozenStore:
             if len(missing) == len(keys):
                 return kept, pooled
             found.update((i, (done, j)) for j, i in enumerate(missing))
-        kept = _within_lower_bytes(_assemble(found, range(len(keys)), wanted, lower), lower)
+        kept = _assemble(found, range(len(keys)), wanted, lower)
         return kept, kept.pop("pooled", None)
 
     def _keep(self, key, done):
