@@ -261,12 +261,18 @@ class BackboneMixin:
             lambda: first_batch(X, None),
             check_n_blocks,
             max_length=self.max_length,
+            channels_last=self._channels_last(),
         )
-        if self.channels_last:
-            body.to(memory_format=torch.channels_last)
         return body
+
+    def _channels_last(self):
+        """Whether 4-D weights and inputs are channels-last: ``channels_last``,
+        where ``"auto"`` means on a CPU."""
+        if isinstance(self.channels_last, str):  # "auto"
+            return torch.device(self.device).type == "cpu"
+        return bool(self.channels_last)
 
     def _pass_options(self):
         """The pass options of :mod:`sktransfer._cache`: batch size, device,
         precision and channels-last."""
-        return self.batch_size, self.device, self.precision, self.channels_last
+        return self.batch_size, self.device, self.precision, self._channels_last()

@@ -348,7 +348,7 @@ def rebuild(description, tensors, files=None, backbone=None):
     _load_weights(module, state, backbone)
     vars(estimator).update(fitted)
     vars(estimator).update(dict.fromkeys(_NOT_KEPT))
-    if estimator.channels_last:  # as the fit built it
+    if estimator._channels_last():  # as the fit built it
         body.to(memory_format=torch.channels_last)
     if cls.__name__ == "FineTunedClassifier":
         estimator.net_ = _classifier_net(estimator, module, description.get("net_history", []))

@@ -53,9 +53,11 @@ class PretrainedFeatureExtractor(
         ``"bfloat16"`` and ``"float16"`` run the forward passes under
         ``torch.autocast`` with that dtype (mixed precision), faster on GPUs
         with tensor cores. The features are float32 either way.
-    channels_last : bool, default=False
-        Put 4-D weights and inputs in ``torch.channels_last`` memory format,
-        which convolutions on GPUs run faster in.
+    channels_last : bool or "auto", default="auto"
+        Put 4-D weights and inputs in ``torch.channels_last`` memory format.
+        Convolutions on a CPU run faster in it, and so do those on GPUs with
+        mixed precision. ``"auto"``: on a CPU, not elsewhere. Features are the
+        same up to float rounding.
     verbose : int, default=0
         From 1, a progress bar on stderr follows ``transform`` over inputs of
         4 batches or more; 0 prints nothing.
@@ -93,7 +95,7 @@ class PretrainedFeatureExtractor(
         "device": [str, torch.device],
         "random_state": ["random_state"],
         "precision": [Options(set(PRECISIONS))],
-        "channels_last": ["boolean"],
+        "channels_last": ["boolean", Options({"auto"})],
         "verbose": ["verbose"],
     }
 
@@ -108,7 +110,7 @@ class PretrainedFeatureExtractor(
         device="cpu",
         random_state=None,
         precision="float32",
-        channels_last=False,
+        channels_last="auto",
         verbose=0,
     ):
         self.backbone = backbone

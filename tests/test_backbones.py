@@ -101,6 +101,22 @@ def test_weights_enum_goes_through_torchvision_download(monkeypatch, images, tmp
     assert again.backbone_.blocks[0][0].weight is not ext.backbone_.blocks[0][0].weight
 
 
+def test_bodies_kept_for_the_next_fit_keep_their_memory_format(images, tmp_path):
+    X, _ = images
+    model, path = _checkpoint(tmp_path)
+    backbones.PRISTINE.clear()
+    for _ in range(2):  # built, then copied from the bodies kept
+        for channels_last in (True, False):
+            ext = PretrainedFeatureExtractor(
+                backbone="resnet18", weights=path, input_size=32, channels_last=channels_last
+            ).fit(X)
+            conv1 = ext.backbone_.blocks[0][0].weight
+            assert conv1.is_contiguous(memory_format=torch.channels_last) == channels_last
+            assert conv1.is_contiguous() != channels_last
+            assert torch.equal(conv1, model.conv1.weight)
+    assert len(backbones.PRISTINE) == 2
+
+
 def test_rewritten_checkpoint_is_read_again(images, tmp_path):
     X, _ = images
     model, path = _checkpoint(tmp_path)

@@ -36,13 +36,27 @@ def _remove_hooks(module):
 COMMON = {"max_epochs": 3, "batch_size": 4, "unfreeze_depth": 2, "lr": 1e-2, "random_state": 0}
 
 
-def test_channels_last_gives_the_same_model(images):
+def _conv_layouts(module):
+    """Whether each Conv2d weight of ``module`` is channels-last (and not contiguous)."""
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+    assert convs
+    return {
+        (c.weight.is_contiguous(memory_format=torch.channels_last), c.weight.is_contiguous())
+        for c in convs
+    }
+
+
+@pytest.mark.parametrize("frozen_cache", [True, False])
+def test_channels_last_gives_the_same_model(images, frozen_cache):
     X, y = _cnn_data(images)
-    plain = FineTunedClassifier(backbone=make_cnn(), **COMMON).fit(X, y)
-    fast = FineTunedClassifier(backbone=make_cnn(), channels_last=True, **COMMON).fit(X, y)
-    convs = [m for m in fast.net_.module_.modules() if isinstance(m, nn.Conv2d)]
-    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    common = {**COMMON, "frozen_cache": frozen_cache}
+    plain = FineTunedClassifier(backbone=make_cnn(), channels_last=False, **common).fit(X, y)
+    fast = FineTunedClassifier(backbone=make_cnn(), channels_last=True, **common).fit(X, y)
+    auto = FineTunedClassifier(backbone=make_cnn(), **common).fit(X, y)  # on a CPU: channels-last
+    assert _conv_layouts(plain.net_.module_) == {(False, True)}
+    assert _conv_layouts(fast.net_.module_) == _conv_layouts(auto.net_.module_) == {(True, False)}
     np.testing.assert_allclose(fast.predict_proba(X), plain.predict_proba(X), atol=1e-5)
+    np.testing.assert_array_equal(auto.predict_proba(X), fast.predict_proba(X))
 
 
 @pytest.mark.parametrize("precision", ["bfloat16", "float16"])
@@ -88,9 +102,14 @@ def test_float16_cache_holds_half_the_bytes(images):
 
 def test_extractor_precision_and_channels_last(images):
     X, _ = _cnn_data(images)
-    plain = PretrainedFeatureExtractor(backbone=make_cnn()).fit_transform(X)
+    plain_extractor = PretrainedFeatureExtractor(backbone=make_cnn(), channels_last=False)
+    plain = plain_extractor.fit_transform(X)
+    assert _conv_layouts(plain_extractor.backbone_) == {(False, True)}
+    auto = PretrainedFeatureExtractor(backbone=make_cnn())  # on a CPU: channels-last
+    assert _conv_layouts(auto.fit(X).backbone_) == {(True, False)}
     fast = PretrainedFeatureExtractor(backbone=make_cnn(), channels_last=True).fit_transform(X)
     np.testing.assert_allclose(fast, plain, atol=1e-5)
+    np.testing.assert_array_equal(auto.transform(X), fast)
     half = PretrainedFeatureExtractor(backbone=make_cnn(), precision="bfloat16")
     features = half.fit_transform(X)
     assert features.dtype == np.float32
@@ -103,3 +122,21 @@ def test_unknown_precision_is_refused(images, Estimator):
     X, y = _cnn_data(images)
     with pytest.raises(InvalidParameterError, match="'precision' parameter .* Got 'half'"):
         Estimator(backbone=make_cnn(), precision="half").fit(X, y)
+
+
+@pytest.mark.parametrize("Estimator", [FineTunedClassifier, PretrainedFeatureExtractor])
+def test_unknown_channels_last_is_refused(images, Estimator):
+    X, y = _cnn_data(images)
+    with pytest.raises(InvalidParameterError, match="channels_last.*'yes'"):
+        Estimator(backbone=make_cnn(), channels_last="yes").fit(X, y)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_adam_by_name_runs_fused_with_the_same_result(images, optimizer):
+    X, y = _cnn_data(images)
+    fused = FineTunedClassifier(backbone=make_cnn(), optimizer=optimizer, **COMMON).fit(X, y)
+    assert fused.net_.optimizer_.defaults["fused"] is True
+    cls = torch.optim.Adam if optimizer == "adam" else torch.optim.AdamW
+    plain = FineTunedClassifier(backbone=make_cnn(), optimizer=cls, **COMMON).fit(X, y)
+    assert not plain.net_.optimizer_.defaults["fused"]
+    np.testing.assert_allclose(fused.predict_proba(X), plain.predict_proba(X), atol=1e-5)

@@ -14,6 +14,7 @@ know); a family that takes names of its own form sets ``PREFIX``
 name: the estimators ask :func:`input_kind` and :func:`build`.
 """
 
+import torch
 from torch import nn
 
 from . import hf, module, timm, torchvision
@@ -73,16 +74,21 @@ def input_kind(backbone):
     return named_spec(backbone).input_kind
 
 
-def build(backbone, weights, input_size, sample, check_n_blocks=None, max_length=None):
+def build(
+    backbone, weights, input_size, sample, check_n_blocks=None, max_length=None, channels_last=False
+):
     """``backbone`` as a :class:`~sktransfer._modules.Body`, weights loaded.
 
     ``input_size`` applies to named image backbones, ``max_length`` to text
-    ones (the estimators check that before).
+    ones (the estimators check that before). With ``channels_last``, 4-D
+    weights are in ``torch.channels_last`` memory format.
 
     ``sample()`` returns one input batch, which a module backbone runs once
     to size its output (and its lazy layers). ``check_n_blocks(n_blocks)``
     runs before any weights are read.
     """
     if isinstance(backbone, nn.Module):
-        return module.build_body(backbone, weights, sample(), check_n_blocks)
-    return build_body(named_spec(backbone), weights, input_size, check_n_blocks, max_length)
+        body = module.build_body(backbone, weights, sample(), check_n_blocks)
+        return body.to(memory_format=torch.channels_last) if channels_last else body
+    spec = named_spec(backbone)
+    return build_body(spec, weights, input_size, check_n_blocks, max_length, channels_last)

@@ -228,17 +228,23 @@ class PristineStore:
 PRISTINE = PristineStore()
 
 
-def build_body(spec, weights, input_size, check_n_blocks=None, max_length=None):
+def build_body(
+    spec, weights, input_size, check_n_blocks=None, max_length=None, channels_last=False
+):
     """Build ``spec`` as a :class:`Body`, weights loaded, output size known.
 
     ``input_size`` (images) and ``max_length`` (text) are the estimator's
-    preprocessing options, None for the weights' or the model's own.
+    preprocessing options, None for the weights' or the model's own. With
+    ``channels_last``, 4-D weights are in ``torch.channels_last`` memory
+    format (kept so: the next fit copies them as they are).
 
     ``check_n_blocks(n_blocks)`` runs before any weights are read. The body's
     ``source`` identifies its pretrained weights (None for ``weights=None``).
     """
     resolved = spec.resolve_weights(weights)
-    key = None if resolved is None else (spec.name, resolved.source, input_size, max_length)
+    key = None
+    if resolved is not None:
+        key = (spec.name, resolved.source, input_size, max_length, channels_last)
     body = None if key is None else PRISTINE.get(key)
     if body is not None:
         if check_n_blocks is not None:
@@ -258,6 +264,8 @@ def build_body(spec, weights, input_size, check_n_blocks=None, max_length=None):
     pool = None if spec.pool is None else spec.pool(model)
     body = Body(blocks, preprocess=preprocess, pool=pool, activations=spec.activations)
     body.infer_output_dim(preprocess.sample())
+    if channels_last:
+        body.to(memory_format=torch.channels_last)
     if key is not None:
         body.source = (spec.name, resolved.source)
         PRISTINE.put(key, body)
