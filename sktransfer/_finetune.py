@@ -5,6 +5,7 @@ import os
 import warnings
 from numbers import Integral, Real
 
+import joblib
 import numpy as np
 import skorch
 import torch
@@ -32,6 +33,7 @@ from ._cache import (
     PRECISIONS,
     VERSIONS,
     autocast,
+    data_key,
     frozen_outputs,
     memory_format,
     nbytes,
@@ -48,6 +50,42 @@ from ._strategy import Frozen, LoRA, Scratch, UnfreezeTop, _peft
 _OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 # Devices where "adam" and "adamw" run torch's fused implementation.
 _FUSED = ("cpu", "cuda")
+
+
+def _plain_arrays(dataset):
+    """Whether ``dataset`` is skorch's over an array and labels, nothing else."""
+    return (
+        type(dataset) is skorch.dataset.Dataset
+        and type(dataset.X) is np.ndarray
+        and type(dataset.y) is np.ndarray
+        and dataset.X.dtype != object
+        and len(dataset.X) == len(dataset.y)
+    )
+
+
+class _ArrayDataset(torch.utils.data.Dataset):
+    """Samples of an array and their labels, fetched a batch at a time.
+
+    The loader asks ``__getitems__`` for a batch's indices: one indexing of
+    each array, then ``collate`` makes tensors of them, the same tensors
+    torch's default collation makes sample by sample.
+    """
+
+    def __init__(self, X, y):
+        self.X, self.y = X, y
+
+    def __len__(self):
+        return len(self.X)
+
+    def __getitem__(self, i):
+        return self.X[i], self.y[i]
+
+    def __getitems__(self, indices):
+        return self.X[indices], self.y[indices]
+
+    @staticmethod
+    def collate(batch):
+        return tuple(torch.as_tensor(np.ascontiguousarray(a)) for a in batch)
 
 
 class _TransferNet(NeuralNetClassifier):
@@ -67,8 +105,11 @@ class _TransferNet(NeuralNetClassifier):
                 yield name, param
 
     def get_iterator(self, dataset, training=False):
-        # Texts: the dataset's ``collate`` tokenises each batch, padded to its longest.
+        # Arrays: a batch is taken by one indexing, not sample by sample.
+        if _plain_arrays(dataset):
+            dataset = _ArrayDataset(dataset.X, dataset.y)
         loader = super().get_iterator(dataset, training)
+        # Texts: the dataset's ``collate`` tokenises each batch, padded to its longest.
         collate = getattr(dataset, "collate", None)
         if collate is not None:
             loader.collate_fn = collate
@@ -212,10 +253,16 @@ def _restore_warmup(net, state):
     net.history_ = History(copy.deepcopy(state["history"]))
 
 
-def _warm_up_by_key(pooled, y, start, settings, run):
+def _warm_up_by_key(features, y, start, settings, run):
     """``run()``, the warm-up, for ``joblib.Memory``, which ignores ``run``: the
-    features, labels, starting state and settings stand for it."""
+    features' key, labels, starting state and settings stand for it."""
     return run()
+
+
+def _fit_probe_by_key(features, y, pooled):
+    """:func:`fit_probe` on ``pooled`` for ``joblib.Memory``, which ignores
+    ``pooled``: ``features``, their key, stands for them."""
+    return fit_probe(pooled, y)
 
 
 class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
@@ -644,12 +691,14 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
             # With memory, frozen outputs are shared by the key of the weights as loaded.
             source = None if cache_off or self.memory is None else weights_key(body)
             frozen = None if cache_off else self._frozen_inputs(body, X, cut, source)
+            # With memory, the key of the pooled features keys the probe and warm-up.
+            features = None if source is None else self._features_key(X, source)
             if self.weights is not None and self.warmup == "linear_probe":
-                self._start_head_at_probe(module, X, y, frozen)
+                self._start_head_at_probe(module, X, y, frozen, features)
             if frozen is None:
                 net.fit(as_dataset(X, body.preprocess, y), y)
             else:
-                self._fit_on_frozen_inputs(net, X, y, cut, *frozen)
+                self._fit_on_frozen_inputs(net, X, y, cut, *frozen, features)
         net.module_.finish(last)  # LoRA: adapters merged, plain torch modules
         # Fitted attributes are set together, once training has succeeded.
         self.classes_ = classes
@@ -690,7 +739,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
             strategy = UnfreezeTop(depth, self.backbone_lr, self.layer_decay, self.train_bn)
         return Frozen(), {self.warmup_epochs + 1: strategy}
 
-    def _start_head_at_probe(self, module, X, y, frozen):
+    def _start_head_at_probe(self, module, X, y, frozen, features=None):
         """Set the head to a logistic regression on the frozen backbone's features."""
         if frozen is None:  # the features the cache would hold, computed alike
             body = module.body.to(self.device)
@@ -699,7 +748,8 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
             )
             coef, intercept = fit_probe(pooled, y)
         else:  # candidates of a search on the same fold share the probe
-            coef, intercept = self._cached(fit_probe)(frozen[0], y)
+            probe = self._cached(_fit_probe_by_key, ignore=["pooled"])
+            coef, intercept = probe(features, y, frozen[0])
         _set_head(module.head, coef, intercept)
 
     def _cached(self, func, ignore=None):
@@ -746,11 +796,21 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
             )
         return pooled, activations
 
+    def _features_key(self, X, source):
+        """What the frozen backbone's pooled features of ``X`` are made of, hashed:
+        ``source`` (the weights as loaded), the data, the pass options the
+        stored passes are keyed by and the library versions. The probe and the
+        warm-up kept by ``memory`` are keyed by it, not by the features' bytes
+        (hashed anew by every candidate, several times the data's)."""
+        batch_size, _, precision, channels_last = self._pass_options()
+        options = (batch_size, precision, channels_last)
+        return joblib.hash((source, data_key(X), options, VERSIONS))
+
     def _progress(self):
         """The description of the frozen pass's progress bar; None at ``verbose=0``."""
         return f"{type(self).__name__}: frozen blocks" if self.verbose else None
 
-    def _fit_on_frozen_inputs(self, net, X, y, cut, pooled, activations):
+    def _fit_on_frozen_inputs(self, net, X, y, cut, pooled, activations, features=None):
         """Train on cached frozen outputs: pooled features in the warm-up, then
         the activations at the cut while the top blocks fine-tune."""
         module = net.initialize().module_
@@ -764,23 +824,24 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         try:
             if warmup:
                 module.input_stage = "pooled"
-                self._warm_up(net, pooled, y)
+                self._warm_up(net, pooled, y, features)
             if self.max_epochs > warmup:
                 module.input_stage = stage
                 net.partial_fit(inputs, y, epochs=self.max_epochs - warmup)
         finally:
             module.input_stage = "raw"
 
-    def _warm_up(self, net, pooled, y):
+    def _warm_up(self, net, pooled, y, features=None):
         """The head-only epochs on the pooled features.
 
         With ``memory``, the state they end in is kept: candidates of a search
         that differ only after the warm-up (``unfreeze_depth``, ``backbone_lr``,
         ``layer_decay``, ``strategy``, ...) train it once per fold. The key is
-        all the warm-up starts from: features, labels, the head's initial
-        weights, the shuffling and global generators' states, and the settings
-        of its epochs; a fit that finds it continues from exactly the state it
-        would have computed (head, optimizer, generators, history).
+        all the warm-up starts from: the features (by :meth:`_features_key`),
+        labels, the head's initial weights, the shuffling and global
+        generators' states, and the settings of its epochs; a fit that finds
+        it continues from exactly the state it would have computed (head,
+        optimizer, generators, history).
         """
         if self.memory is None or self.precision == "float16":  # a GradScaler's state
             net.partial_fit(pooled, y, epochs=self.warmup_epochs)
@@ -800,7 +861,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         batches = (self.batch_size, net.iterator_train__drop_last)
         versions = (*VERSIONS, skorch.__version__)  # skorch runs the epochs
         settings = (epochs, batches, self.precision, str(self.device), versions)
-        state = self._cached(_warm_up_by_key, ignore=["run"])(pooled, y, start, settings, run)
+        state = self._cached(_warm_up_by_key, ignore=["run"])(features, y, start, settings, run)
         _restore_warmup(net, state)
 
     def predict_proba(self, X):

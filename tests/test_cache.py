@@ -133,7 +133,7 @@ def test_memory_shares_frozen_outputs_across_candidates_and_folds(images, tmp_pa
     # the refit's, at its cut and the cuts below it (its pass keeps them);
     # one linear probe per fold and one for the refit.
     stored = list(tmp_path.rglob("_frozen_outputs_by_key/*/output.pkl"))
-    probes = list(tmp_path.rglob("fit_probe/*/output.pkl"))
+    probes = list(tmp_path.rglob("_fit_probe_by_key/*/output.pkl"))
     refit_cut = 3 - cached.best_params_["unfreeze_depth"]
     assert (len(stored), len(probes)) == (2 * 3 + refit_cut, 3)
 
@@ -483,6 +483,30 @@ def test_a_warm_up_is_not_reused_where_it_would_differ(vectors, tmp_path, monkey
     calls.clear()
     FineTunedClassifier(unfreeze_depth=2, **{**params, **change}).fit(X, y)
     assert len(calls) == 2  # its own warm-up, then the fine-tuning
+
+
+def test_the_probe_and_warm_up_are_kept_by_their_features_key(vectors, tmp_path, monkeypatch):
+    from sktransfer import _finetune
+
+    X, y = vectors
+    probes, fit_probe = [], _finetune.fit_probe
+    monkeypatch.setattr(_finetune, "fit_probe", lambda *a: probes.append(1) or fit_probe(*a))
+    calls = _count_partial_fits(monkeypatch)
+    params = {"backbone": make_mlp(n_in=6), "warmup_epochs": 2, "max_epochs": 3, "lr": 1e-2}
+    params.update(batch_size=8, random_state=0, memory=str(tmp_path))
+    FineTunedClassifier(unfreeze_depth=1, **params).fit(X, y)
+    assert len(probes) == 1 and calls == [2, 1]
+    FineTunedClassifier(unfreeze_depth=2, **params).fit(X, y)  # another candidate
+    assert len(probes) == 1 and calls == [2, 1, 1]
+    changed = X.copy()
+    changed[0, 0] += 1e-3  # other data: other features, another probe and warm-up
+    FineTunedClassifier(unfreeze_depth=2, **params).fit(changed, y)
+    assert len(probes) == 2 and calls == [2, 1, 1, 2, 1]
+    other = make_mlp(n_in=6)
+    with torch.no_grad():
+        next(other.parameters()).add_(1e-3)  # other weights: the same
+    FineTunedClassifier(unfreeze_depth=2, **{**params, "backbone": other}).fit(X, y)
+    assert len(probes) == 3 and calls == [2, 1, 1, 2, 1, 2, 1]
 
 
 def test_successive_halving_over_epochs_shares_the_warm_up(vectors, tmp_path, monkeypatch):

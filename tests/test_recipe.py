@@ -252,3 +252,27 @@ def test_train_puts_back_modes_changed_from_outside(images):
         assert modes() == expected
     module.eval()
     assert not any(modes())
+
+
+@pytest.mark.parametrize(
+    "dtypes", [(np.float32, np.int64), (np.float64, np.int32), (np.uint8, np.int64)]
+)
+def test_array_batches_are_those_of_torchs_default_collation(vectors, dtypes):
+    import skorch
+    from torch.utils.data import DataLoader
+
+    X, y = vectors
+    X, y = (X * 10).astype(dtypes[0]), y.astype(dtypes[1])
+    clf = FineTunedClassifier(backbone=make_mlp(n_in=6), max_epochs=2, batch_size=8).fit(X, y)
+    net, dataset = clf.net_, skorch.dataset.Dataset(X, y)
+    net.iterator_train__generator = torch.Generator().manual_seed(0)
+    loader = net.get_iterator(dataset, training=True)
+    assert type(loader.dataset).__name__ == "_ArrayDataset"  # one indexing a batch
+    default = DataLoader(
+        dataset, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
+    pairs = list(zip(loader, default, strict=True))
+    assert len(pairs) == -(-len(y) // 8)
+    for (xb, yb), (xd, yd) in pairs:
+        assert xb.dtype == xd.dtype and yb.dtype == yd.dtype
+        assert torch.equal(xb, xd) and torch.equal(yb, yd)

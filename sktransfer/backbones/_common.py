@@ -164,7 +164,6 @@ def copy_module(module, memo=None):
         and cls.__reduce_ex__ is object.__reduce_ex__
         and cls.__reduce__ is object.__reduce__
         and cls.__getstate__ is nn.Module.__getstate__
-        and cls.__setstate__ is nn.Module.__setstate__
     )
     if not plain:
         return copy.deepcopy(module, memo)
