@@ -1,6 +1,7 @@
 """The torch modules that sktransfer's estimators train and pickle."""
 
 import math
+import operator
 
 import torch
 import torch.nn.functional as F
@@ -173,6 +174,9 @@ def new_head(in_features, out_features, generator=None):
     return head
 
 
+_training = operator.attrgetter("training")
+
+
 class TransferModule(nn.Module):
     """A :class:`Body` with a new linear head, trained as a strategy says.
 
@@ -217,7 +221,8 @@ class TransferModule(nn.Module):
         kept = {id(m) for k in modules for m in k.modules()}
         submodules = [m for m in self.modules() if m is not self]
         self._custom_train = any(type(m).train is not nn.Module.train for m in submodules)
-        self._mode_plan = [(m, id(m) not in kept) for m in submodules]
+        trains = [m for m in submodules if id(m) not in kept]
+        self._mode_plan = (trains, [m for m in submodules if id(m) in kept])
         self.train(self.training)
 
     def train(self, mode=True):
@@ -241,7 +246,10 @@ class TransferModule(nn.Module):
         plan = self.__dict__.get("_mode_plan")
         if plan is None or self._custom_train or self.training != mode:
             return False
-        return all(m.training == (mode and trains) for m, trains in plan)
+        trains, kept = plan
+        if not mode:
+            return not any(map(_training, trains)) and not any(map(_training, kept))
+        return all(map(_training, trains)) and not any(map(_training, kept))
 
     def forward(self, x):
         return self.forward_from(x, self.input_stage)

@@ -141,6 +141,11 @@ def load_strict(model, state, what, ignore_prefixes=()):
 _IMMUTABLE = (type(None), bool, int, float, str, torch.dtype, torch.device)
 
 
+def _immutable_tuple(value):
+    """Whether ``value`` is a tuple of immutable values (a convolution's sizes)."""
+    return type(value) is tuple and all(type(v) in _IMMUTABLE for v in value)
+
+
 def copy_module(module, memo=None):
     """``copy.deepcopy(module)``, in about half the time for a torch model.
 
@@ -183,7 +188,7 @@ def copy_module(module, memo=None):
                 memo[id(value)] = type(value)()
                 memo[id(memo)].append(value)
             value = memo[id(value)]
-        elif type(value) not in _IMMUTABLE:
+        elif type(value) not in _IMMUTABLE and not _immutable_tuple(value):
             value = copy.deepcopy(value, memo)
         state[name] = value
     new.__setstate__(state)
