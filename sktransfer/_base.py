@@ -33,6 +33,22 @@ def draw_seeds(random_state, n):
 _RNG_LOCK = threading.RLock()
 
 
+def _seed_devices(seed, cuda):
+    """``torch.manual_seed(seed)`` for the CPU and the devices the process has.
+
+    ``torch.manual_seed`` also queues the seed for device kinds not started
+    (CUDA, XPU, MTIA), recording a stack trace for each call, and those seeds
+    would outlive :func:`torch_seed`, which restores only the generators it
+    forked. Here the CPU's, every CUDA device's (``cuda``: their indices) and
+    MPS's generators are seeded, nothing is queued.
+    """
+    torch.random.default_generator.manual_seed(seed)
+    if cuda:
+        torch.cuda.manual_seed_all(seed)
+    if torch.backends.mps.is_available():
+        torch.mps.manual_seed(seed)
+
+
 @contextmanager
 def torch_seed(seed):
     """Seed torch's global generator with ``seed``; the caller's state comes back after.
@@ -45,7 +61,7 @@ def torch_seed(seed):
     fork = torch.random.fork_rng(devices=cuda)
     with _RNG_LOCK:
         fork.__enter__()
-        torch.manual_seed(seed)
+        _seed_devices(seed, cuda)
     try:
         yield
     finally:

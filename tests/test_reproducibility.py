@@ -110,3 +110,15 @@ def test_fit_predict_and_transform_leave_torchs_random_state_alone(images, tmp_p
         ext = PretrainedFeatureExtractor(backbone="resnet18", weights=None, input_size=20)
         assert _unchanged_rng(lambda: ext.fit(inputs))
         assert _unchanged_rng(lambda: ext.transform(inputs))
+
+
+def test_torch_seed_draws_as_torch_manual_seed_and_restores_the_callers_state():
+    from sktransfer._base import torch_seed
+
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    with torch_seed(5):
+        inside = torch.rand(4)
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(5)
+    assert torch.equal(inside, torch.rand(4))
