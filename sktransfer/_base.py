@@ -39,14 +39,16 @@ def _seed_devices(seed, cuda):
     ``torch.manual_seed`` also queues the seed for device kinds not started
     (CUDA, XPU, MTIA), recording a stack trace for each call, and those seeds
     would outlive :func:`torch_seed`, which restores only the generators it
-    forked. Here the CPU's, every CUDA device's (``cuda``: their indices) and
-    MPS's generators are seeded, nothing is queued.
+    forked. Here the CPU's, every CUDA device's (``cuda``: their indices), and
+    MPS's and XPU's where the process has them are seeded, nothing is queued.
     """
     torch.random.default_generator.manual_seed(seed)
     if cuda:
         torch.cuda.manual_seed_all(seed)
     if torch.backends.mps.is_available():
         torch.mps.manual_seed(seed)
+    if torch.xpu.is_available():
+        torch.xpu.manual_seed_all(seed)
 
 
 @contextmanager
@@ -283,9 +285,12 @@ class BackboneMixin:
 
     def _channels_last(self):
         """Whether 4-D weights and inputs are channels-last: ``channels_last``,
-        where ``"auto"`` means on a CPU."""
+        where ``"auto"`` means for a named image backbone on a CPU (not for a
+        module, whose code may need 4-D tensors contiguous, or hold no 2-D
+        convolutions at all)."""
         if isinstance(self.channels_last, str):  # "auto"
-            return torch.device(self.device).type == "cpu"
+            named_images = isinstance(self.backbone, str) and self._input_kind() == "images"
+            return named_images and torch.device(self.device).type == "cpu"
         return bool(self.channels_last)
 
     def _pass_options(self):

@@ -313,6 +313,13 @@ def weights_key(body):
     return joblib.hash((repr(body), config, state))
 
 
+def fit_key(source, X):
+    """The key of what frozen blocks give for ``X`` in a fit, with ``memory``:
+    ``source`` (:func:`weights_key`), the data and the library versions,
+    hashed."""
+    return joblib.hash((source, data_key(X), VERSIONS))
+
+
 def data_key(X):
     """What identifies input data in a cache key: the array, or the files as they are."""
     if isinstance(X, ImagePaths):  # files rewritten in place must not hit the cache
@@ -486,7 +493,7 @@ class FrozenStore:
             while size > self.max_bytes and self._passes:
                 size -= self._passes.popitem(last=False)[1][1].nbytes
 
-    def fit_outputs(self, memory, body, X, cut, source, options, progress=None):
+    def fit_outputs(self, memory, body, X, cut, source, options, progress=None, key=None):
         """:func:`frozen_outputs` kept by ``memory`` (a folder or ``joblib.Memory``).
 
         The key is ``source`` (:func:`weights_key` of the weights as loaded),
@@ -496,12 +503,13 @@ class FrozenStore:
         from the input also stores, each under its own cut, the activations
         entering the blocks of :func:`lower_cuts` that fit in
         :data:`LOWER_BYTES`. ``progress``: the description of a progress bar
-        over a pass that runs.
+        over a pass that runs. ``key``: :func:`fit_key` of ``source`` and ``X``,
+        where the caller has it.
         """
         cached = check_memory(memory).cache(
             _frozen_outputs_by_key, ignore=["body", "X", "device", "start", "progress"]
         )
-        key = joblib.hash((source, data_key(X), VERSIONS))
+        key = fit_key(source, X) if key is None else key
         if cached.check_call_in_cache(body, X, cut, *options, key=key):
             return cached(body, X, cut, *options, key=key)
         for k in range(cut - 1, 0, -1):

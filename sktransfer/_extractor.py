@@ -56,8 +56,10 @@ class PretrainedFeatureExtractor(
     channels_last : bool or "auto", default="auto"
         Put 4-D weights and inputs in ``torch.channels_last`` memory format.
         Convolutions on a CPU run faster in it, and so do those on GPUs with
-        mixed precision. ``"auto"``: on a CPU, not elsewhere. Features are the
-        same up to float rounding.
+        mixed precision. ``"auto"``: for a named image backbone on a CPU;
+        never for a backbone given as a module (its code may need contiguous
+        4-D tensors, as ``x.view(n, -1)`` does). Features are the same up to
+        float rounding.
     verbose : int, default=0
         From 1, a progress bar on stderr follows ``transform`` over inputs of
         4 batches or more; 0 prints nothing.

@@ -33,7 +33,7 @@ from ._cache import (
     PRECISIONS,
     VERSIONS,
     autocast,
-    data_key,
+    fit_key,
     frozen_outputs,
     memory_format,
     nbytes,
@@ -382,8 +382,10 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
     channels_last : bool or "auto", default="auto"
         Put 4-D weights and inputs in ``torch.channels_last`` memory format.
         Convolutions on a CPU run faster in it, and so do those on GPUs with
-        mixed precision. ``"auto"``: on a CPU, not elsewhere. Results are the
-        same up to float rounding.
+        mixed precision. ``"auto"``: for a named image backbone on a CPU;
+        never for a backbone given as a module (its code may need contiguous
+        4-D tensors, as ``x.view(n, -1)`` does). Results are the same up to
+        float rounding.
     frozen_cache : bool, default=True
         Compute the output of frozen blocks once per ``fit`` and train the
         head (and the top blocks) on it, instead of running frozen blocks on
@@ -690,9 +692,10 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         with torch_seed(train_seed):
             # With memory, frozen outputs are shared by the key of the weights as loaded.
             source = None if cache_off or self.memory is None else weights_key(body)
-            frozen = None if cache_off else self._frozen_inputs(body, X, cut, source)
+            data = None if source is None else fit_key(source, X)  # the data hashed once
+            frozen = None if cache_off else self._frozen_inputs(body, X, cut, source, data)
             # With memory, the key of the pooled features keys the probe and warm-up.
-            features = None if source is None else self._features_key(X, source)
+            features = None if data is None else self._features_key(data)
             if self.weights is not None and self.warmup == "linear_probe":
                 self._start_head_at_probe(module, X, y, frozen, features)
             if frozen is None:
@@ -766,7 +769,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
             return "weights=None trains every block"
         return None
 
-    def _frozen_inputs(self, body, X, cut, source):
+    def _frozen_inputs(self, body, X, cut, source, data=None):
         """What the frozen blocks give for every training sample, computed once.
 
         Returns ``(pooled, activations)``: the pooled features of the frozen
@@ -777,7 +780,8 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         backbone's architecture, weights and preprocessing), the cut, the
         batch size and the data, so candidates of a search on the same fold
         share them; a pass to a cut continues the stored pass with the
-        closest lower cut on the same data, if any.
+        closest lower cut on the same data, if any. ``data``: their
+        :func:`~sktransfer._cache.fit_key`.
         """
         body.eval().to(self.device)
         options = self._pass_options()
@@ -786,7 +790,7 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
             pooled, activations = frozen_outputs(body, X, cut, *options, progress=progress)
         else:
             pooled, activations = FROZEN.fit_outputs(
-                self.memory, body, X, cut, source, options, progress
+                self.memory, body, X, cut, source, options, progress, key=data
             )
         if self.verbose:
             size = nbytes(activations if activations is not None else pooled) / 2**20
@@ -796,15 +800,15 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
             )
         return pooled, activations
 
-    def _features_key(self, X, source):
-        """What the frozen backbone's pooled features of ``X`` are made of, hashed:
-        ``source`` (the weights as loaded), the data, the pass options the
-        stored passes are keyed by and the library versions. The probe and the
-        warm-up kept by ``memory`` are keyed by it, not by the features' bytes
-        (hashed anew by every candidate, several times the data's)."""
+    def _features_key(self, data):
+        """What the frozen backbone's pooled features are made of, hashed: the
+        weights as loaded, the data and the versions (``data``, a
+        :func:`~sktransfer._cache.fit_key`), and the pass options the stored
+        passes are keyed by. The probe and the warm-up kept by ``memory`` are
+        keyed by it rather than by the features' bytes, as the stored passes
+        are: they are the same features up to the device's float rounding."""
         batch_size, _, precision, channels_last = self._pass_options()
-        options = (batch_size, precision, channels_last)
-        return joblib.hash((source, data_key(X), options, VERSIONS))
+        return joblib.hash((data, batch_size, precision, channels_last))
 
     def _progress(self):
         """The description of the frozen pass's progress bar; None at ``verbose=0``."""

@@ -244,7 +244,8 @@ class TransferModule(nn.Module):
         """Whether ``train(mode)`` would change no module's mode and call no
         module's own ``train()``."""
         plan = self.__dict__.get("_mode_plan")
-        if plan is None or self._custom_train or self.training != mode:
+        # (A list of pairs in models pickled by earlier versions: walk the tree.)
+        if type(plan) is not tuple or self._custom_train or self.training != mode:
             return False
         trains, kept = plan
         if not mode:

@@ -106,13 +106,14 @@ def test_bodies_kept_for_the_next_fit_keep_their_memory_format(images, tmp_path)
     model, path = _checkpoint(tmp_path)
     backbones.PRISTINE.clear()
     for _ in range(2):  # built, then copied from the bodies kept
-        for channels_last in (True, False):
+        # "auto", the default: channels-last for a named image backbone on a CPU
+        for channels_last, expected in ((True, True), (False, False), ("auto", True)):
             ext = PretrainedFeatureExtractor(
                 backbone="resnet18", weights=path, input_size=32, channels_last=channels_last
             ).fit(X)
             conv1 = ext.backbone_.blocks[0][0].weight
-            assert conv1.is_contiguous(memory_format=torch.channels_last) == channels_last
-            assert conv1.is_contiguous() != channels_last
+            assert conv1.is_contiguous(memory_format=torch.channels_last) == expected
+            assert conv1.is_contiguous() != expected
             assert torch.equal(conv1, model.conv1.weight)
     assert len(backbones.PRISTINE) == 2
 

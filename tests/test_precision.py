@@ -52,11 +52,11 @@ def test_channels_last_gives_the_same_model(images, frozen_cache):
     common = {**COMMON, "frozen_cache": frozen_cache}
     plain = FineTunedClassifier(backbone=make_cnn(), channels_last=False, **common).fit(X, y)
     fast = FineTunedClassifier(backbone=make_cnn(), channels_last=True, **common).fit(X, y)
-    auto = FineTunedClassifier(backbone=make_cnn(), **common).fit(X, y)  # on a CPU: channels-last
-    assert _conv_layouts(plain.net_.module_) == {(False, True)}
-    assert _conv_layouts(fast.net_.module_) == _conv_layouts(auto.net_.module_) == {(True, False)}
+    auto = FineTunedClassifier(backbone=make_cnn(), **common).fit(X, y)  # a module: as it is
+    assert _conv_layouts(plain.net_.module_) == _conv_layouts(auto.net_.module_) == {(False, True)}
+    assert _conv_layouts(fast.net_.module_) == {(True, False)}
     np.testing.assert_allclose(fast.predict_proba(X), plain.predict_proba(X), atol=1e-5)
-    np.testing.assert_array_equal(auto.predict_proba(X), fast.predict_proba(X))
+    np.testing.assert_array_equal(auto.predict_proba(X), plain.predict_proba(X))
 
 
 @pytest.mark.parametrize("precision", ["bfloat16", "float16"])
@@ -105,11 +105,11 @@ def test_extractor_precision_and_channels_last(images):
     plain_extractor = PretrainedFeatureExtractor(backbone=make_cnn(), channels_last=False)
     plain = plain_extractor.fit_transform(X)
     assert _conv_layouts(plain_extractor.backbone_) == {(False, True)}
-    auto = PretrainedFeatureExtractor(backbone=make_cnn())  # on a CPU: channels-last
-    assert _conv_layouts(auto.fit(X).backbone_) == {(True, False)}
+    auto = PretrainedFeatureExtractor(backbone=make_cnn())  # a module: as it is
+    assert _conv_layouts(auto.fit(X).backbone_) == {(False, True)}
     fast = PretrainedFeatureExtractor(backbone=make_cnn(), channels_last=True).fit_transform(X)
     np.testing.assert_allclose(fast, plain, atol=1e-5)
-    np.testing.assert_array_equal(auto.transform(X), fast)
+    np.testing.assert_array_equal(auto.transform(X), plain)
     half = PretrainedFeatureExtractor(backbone=make_cnn(), precision="bfloat16")
     features = half.fit_transform(X)
     assert features.dtype == np.float32
@@ -140,3 +140,38 @@ def test_adam_by_name_runs_fused_with_the_same_result(images, optimizer):
     plain = FineTunedClassifier(backbone=make_cnn(), optimizer=cls, **COMMON).fit(X, y)
     assert not plain.net_.optimizer_.defaults["fused"]
     np.testing.assert_allclose(fused.predict_proba(X), plain.predict_proba(X), atol=1e-5)
+
+
+class _Flatten4d(nn.Module):
+    """Flattens with ``view``, which needs contiguous 4-D tensors."""
+
+    def forward(self, x):
+        return x.view(x.size(0), -1)
+
+
+@pytest.mark.parametrize("Estimator", [FineTunedClassifier, PretrainedFeatureExtractor])
+def test_modules_keep_their_layout_by_default(Estimator):
+    """ "auto" leaves a module's tensors as they are: its code may need them so."""
+    rng = np.random.RandomState(0)
+    y = np.arange(12) % 2
+    volumes = nn.Sequential(
+        nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.ReLU()),
+        nn.Sequential(nn.AdaptiveAvgPool3d(1), nn.Flatten()),
+    )
+    lenet = nn.Sequential(
+        nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), nn.Sequential(_Flatten4d(), nn.ReLU())
+    )
+    params = {"max_epochs": 2, "batch_size": 4} if Estimator is FineTunedClassifier else {}
+
+    def fit_and_run(backbone, X, **extra):
+        fitted = Estimator(backbone=backbone, **params, **extra).fit(X, y)
+        return fitted.predict_proba(X) if Estimator is FineTunedClassifier else fitted.transform(X)
+
+    for backbone, X in [
+        (volumes, rng.rand(12, 1, 4, 6, 6).astype(np.float32)),
+        (lenet, rng.rand(12, 3, 6, 6).astype(np.float32)),
+    ]:
+        out = fit_and_run(backbone, X)
+        assert np.isfinite(out).all() and len(out) == len(X)
+        with pytest.raises(RuntimeError):  # what channels-last would have done
+            fit_and_run(backbone, X, channels_last=True)

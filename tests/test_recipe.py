@@ -232,11 +232,14 @@ def test_blocks_overriding_train_are_called(vectors):
     assert not frozen.training and frozen.modes[-1] is False  # kept in eval
 
 
-def test_train_puts_back_modes_changed_from_outside(images):
+@pytest.mark.parametrize("old_plan", [False, True])
+def test_train_puts_back_modes_changed_from_outside(images, old_plan):
     X, y = images
     X = (X.transpose(0, 3, 1, 2) / 255).astype(np.float32)
     clf = FineTunedClassifier(backbone=make_cnn(), unfreeze_depth=1, max_epochs=2).fit(X, y)
     module = clf.net_.module_
+    if old_plan:  # as models pickled by earlier versions hold it: walk the tree
+        module._mode_plan = [(m, True) for m in module.modules() if m is not module]
 
     def modes():
         return [m.training for m in module.modules()]
