@@ -1,4 +1,4 @@
-"""What every benchmark does with its table: write it as CSV."""
+"""What every benchmark does with its table: print it, and write it as CSV."""
 
 import csv
 
@@ -10,3 +10,12 @@ def write_csv(rows, path):
         writer.writeheader()
         writer.writerows(rows)
     print(f"wrote {path}")
+
+
+def print_table(rows):
+    """Print a list of dicts with the same keys as a table, a row a line."""
+    print()
+    columns = list(rows[0])
+    print(" | ".join(columns))
+    for row in rows:
+        print(" | ".join(str(row[c]) for c in columns))

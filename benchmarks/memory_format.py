@@ -22,7 +22,7 @@ import time
 import timm
 import torch
 import torchvision
-from _table import write_csv
+from _table import print_table, write_csv
 
 MODELS = {
     "efficientnet_lite0": lambda: timm.create_model("tf_efficientnet_lite0"),
@@ -90,11 +90,7 @@ def main(argv=None):
         for name in args.models
         for size in args.sizes
     ]
-    print()
-    columns = list(rows[0])
-    print(" | ".join(columns))
-    for row in rows:
-        print(" | ".join(str(row[c]) for c in columns))
+    print_table(rows)
     write_csv(rows, args.csv)
 
 

@@ -38,7 +38,7 @@ import time
 
 import numpy as np
 import torch
-from _table import write_csv
+from _table import print_table, write_csv
 from threadpoolctl import threadpool_limits
 
 from sktransfer import FineTunedClassifier, clear_cache
@@ -155,11 +155,7 @@ def main(argv=None):
         for order in args.orders
         for threads in args.threads
     ]
-    print()
-    columns = list(rows[0])
-    print(" | ".join(columns))
-    for row in rows:
-        print(" | ".join(str(row[c]) for c in columns))
+    print_table(rows)
     write_csv(rows, args.csv)
 
 
