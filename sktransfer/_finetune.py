@@ -1,7 +1,7 @@
 """FineTunedClassifier: new head, warm-up, then the top blocks fine-tuned."""
 
-import copy
 import os
+import pickle
 import warnings
 from numbers import Integral, Real
 
@@ -233,24 +233,77 @@ class _Recipe(Callback):
 
 
 def _warmup_state(net):
-    """What a warm-up leaves of ``net`` that later epochs depend on."""
-    return {
-        "head": {k: v.detach().clone() for k, v in net.module_.head.state_dict().items()},
-        "optimizer": copy.deepcopy(net.optimizer_.state_dict()),
-        "shuffle": net.iterator_train__generator.get_state(),
-        "rng": torch.get_rng_state(),
-        "history": copy.deepcopy(net.history.to_list()),
-    }
+    """What a warm-up leaves of ``net`` that later epochs depend on, pickled.
+
+    Tensors are kept as arrays (:func:`_arrays`) and the whole is pickled to
+    bytes here: ``joblib.Memory`` reads those back much faster than the
+    objects themselves (its unpickler is written in Python, and reads each
+    tensor with a ``torch.load`` of its own).
+    """
+    state = _arrays(
+        {
+            "head": net.module_.head.state_dict(),
+            "optimizer": net.optimizer_.state_dict(),
+            "shuffle": net.iterator_train__generator.get_state(),
+            "rng": torch.get_rng_state(),
+            "history": net.history.to_list(),
+        }
+    )
+    return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _restore_warmup(net, state):
     """Put ``net`` in the state of :func:`_warmup_state`."""
+    state = _tensors(pickle.loads(state))
     net.module_.head.load_state_dict(state["head"])
-    net.optimizer_.load_state_dict(copy.deepcopy(state["optimizer"]))
+    net.optimizer_.load_state_dict(state["optimizer"])
     net.iterator_train__generator.set_state(state["shuffle"])
     with _RNG_LOCK:
         torch.set_rng_state(state["rng"])
-    net.history_ = History(copy.deepcopy(state["history"]))
+    net.history_ = History(state["history"])
+
+
+class _Array:
+    """A tensor kept as a NumPy array (:func:`_arrays`)."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, array):
+        self.array = array
+
+    def __getstate__(self):
+        return self.array
+
+    def __setstate__(self, array):
+        self.array = array
+
+
+def _arrays(value):
+    """``value`` with each tensor in its dicts, lists and tuples copied to an
+    :class:`_Array`; a tensor NumPy cannot hold (``bfloat16``) copied as it is."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        if value.dtype == torch.bfloat16:
+            return value.clone()
+        return _Array(value.numpy().copy())
+    if isinstance(value, dict):
+        return type(value)((k, _arrays(v)) for k, v in value.items())
+    if type(value) in (list, tuple):
+        return type(value)(_arrays(v) for v in value)
+    return value
+
+
+def _tensors(value):
+    """:func:`_arrays` undone: each :class:`_Array` a new tensor."""
+    if isinstance(value, _Array):
+        return torch.tensor(value.array)
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, dict):
+        return type(value)((k, _tensors(v)) for k, v in value.items())
+    if type(value) in (list, tuple):
+        return type(value)(_tensors(v) for v in value)
+    return value
 
 
 def _warm_up_by_key(features, y, start, settings, run):

@@ -457,6 +457,30 @@ def test_a_fit_reusing_a_stored_warm_up_equals_one_computing_it(
     np.testing.assert_array_equal(reused.predict_proba(X), alone.predict_proba(X))
 
 
+def test_a_stored_warm_up_gives_back_the_same_tensors():
+    import pickle
+
+    import torch
+
+    from sktransfer._finetune import _Array, _arrays, _tensors
+
+    state = {
+        "weight": torch.arange(6, dtype=torch.float32).reshape(2, 3),
+        "step": torch.tensor(3.0),
+        "rng": torch.get_rng_state(),
+        "half": torch.ones(2, dtype=torch.bfloat16),  # NumPy has no bfloat16
+        "groups": [{"lr": 0.1, "params": [0, 1], "betas": (0.9, 0.99)}],
+    }
+    stored = _arrays(state)
+    assert isinstance(stored["weight"], _Array) and isinstance(stored["rng"], _Array)
+    assert isinstance(stored["half"], torch.Tensor) and stored["half"] is not state["half"]
+    back = _tensors(pickle.loads(pickle.dumps(stored)))
+    for name in ("weight", "step", "rng", "half"):
+        assert back[name].dtype == state[name].dtype and back[name].shape == state[name].shape
+        assert torch.equal(back[name], state[name]) and back[name] is not state[name]
+    assert back["groups"] == state["groups"]
+
+
 def test_memory_warms_up_once_per_fold_in_a_search(vectors, tmp_path, monkeypatch):
     X, y = vectors
     common = {"backbone": make_mlp(n_in=6), "warmup_epochs": 2, "max_epochs": 3, "lr": 1e-2}

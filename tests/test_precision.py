@@ -59,6 +59,36 @@ def test_channels_last_gives_the_same_model(images, frozen_cache):
     np.testing.assert_array_equal(auto.predict_proba(X), plain.predict_proba(X))
 
 
+def test_the_top_blocks_get_their_gradient_channels_last():
+    """Pooling broadcasts its gradient back over the map; a channels-last body
+    hands it to the blocks channels-last, and the gradients are the same."""
+    from sktransfer._modules import Body
+
+    body = Body(list(make_cnn())).to(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 6, 6).contiguous(memory_format=torch.channels_last)
+    seen = []
+
+    def keep_gradient(module, inputs, out):
+        if out.requires_grad:
+            out.register_hook(seen.append)
+
+    body.blocks[-1].register_forward_hook(keep_gradient)
+    body.run_from(x, 0).square().sum().backward()
+    assert len(seen) == 1 and seen[0].is_contiguous(memory_format=torch.channels_last)
+    assert not seen[0].is_contiguous()
+    grads = [p.grad.clone() for p in body.parameters()]
+    body.zero_grad()
+    a = x
+    for block in body.blocks:
+        a = block(a)
+    body.pool(a).square().sum().backward()  # pooled without it
+    assert seen[1].stride() != seen[0].stride()
+    for grad, p in zip(grads, body.parameters()):
+        torch.testing.assert_close(grad, p.grad, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # nothing to lay out without gradients
+        torch.testing.assert_close(body.run_from(x, 0), body.pool(a), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("precision", ["bfloat16", "float16"])
 @pytest.mark.parametrize("frozen_cache", [True, False])
 def test_mixed_precision_trains_in_that_dtype(images, precision, frozen_cache):
