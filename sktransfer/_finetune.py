@@ -699,6 +699,8 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
             kwargs["optimizer__momentum"] = 0.9
         elif self.optimizer in ("adam", "adamw") and torch.device(self.device).type in _FUSED:
             kwargs["optimizer__fused"] = True
+        if not self.verbose:  # skorch's PrintLog makes its table at every epoch
+            kwargs["callbacks__print_log"] = None
         net = _TransferNet(
             module=module,
             criterion=nn.CrossEntropyLoss,

@@ -1,5 +1,6 @@
 """The torch modules that sktransfer's estimators train and pickle."""
 
+import itertools
 import math
 import operator
 
@@ -140,6 +141,10 @@ class Body(nn.Module):
     def forward(self, x):
         return self.run_from(self.preprocess(x), 0)
 
+    def to(self, *args, **kwargs):
+        """``nn.Module.to``; see :func:`_on_device`."""
+        return self if _on_device(self, args, kwargs) else super().to(*args, **kwargs)
+
     def run_from(self, x, start):
         """Pooled output for ``x``, the activations entering block ``start``."""
         for block in self.blocks[start:]:
@@ -160,6 +165,18 @@ class Body(nn.Module):
             self.output_dim = int(self(sample).shape[1])
         self.train(was_training)
         return self.output_dim
+
+
+def _on_device(module, args, kwargs):
+    """Whether ``module.to(*args, **kwargs)`` only names a device that every
+    parameter and buffer of ``module`` is on: then it changes nothing, but
+    ``nn.Module.to`` would still visit every submodule and tensor (a few
+    times the cost of this check; skorch moves the module at each fit)."""
+    if kwargs or len(args) != 1 or not isinstance(args[0], (str, torch.device)):
+        return False
+    device = torch.device(args[0])
+    tensors = itertools.chain(module.parameters(), module.buffers())
+    return all(t.device == device for t in tensors)
 
 
 def _channels_last_with_grad(x):
@@ -287,6 +304,10 @@ class TransferModule(nn.Module):
         if not mode:
             return not any(map(_training, trains)) and not any(map(_training, kept))
         return all(map(_training, trains)) and not any(map(_training, kept))
+
+    def to(self, *args, **kwargs):
+        """``nn.Module.to``; see :func:`_on_device`."""
+        return self if _on_device(self, args, kwargs) else super().to(*args, **kwargs)
 
     def forward(self, x):
         return self.forward_from(x, self.input_stage)
