@@ -302,15 +302,25 @@ def weights_key(body):
     """Content hash of a backbone: architecture, weights and preprocessing.
 
     Pretrained weights still as loaded are identified by their ``source`` (the
-    weights enum member, or the file's path, mtime and size); other weights
-    are hashed by their bytes, dtype and shape (``joblib.hash`` of a tensor
-    depends on its memory address).
+    backbone's name and the weights enum member, or the file's path, mtime
+    and size; the key of each source is computed once in a process); other
+    weights are hashed by their bytes, dtype and shape (``joblib.hash`` of a
+    tensor depends on its memory address).
     """
-    state = body.source
-    if state is None:
-        state = {k: _tensor_bytes(v) for k, v in body.state_dict().items()}
     config = getattr(body.preprocess, "config", None)
+    if body.source is not None:  # the architecture follows from the name in it
+        memo = (body.source, config)
+        key = _SOURCE_KEYS.get(memo)
+        if key is None:
+            key = _SOURCE_KEYS[memo] = joblib.hash((repr(body), config, body.source))
+        return key
+    state = {k: _tensor_bytes(v) for k, v in body.state_dict().items()}
     return joblib.hash((repr(body), config, state))
+
+
+# (source, preprocessing config): weights_key of a body as loaded, its repr
+# included, computed once per process (a repr walks every submodule).
+_SOURCE_KEYS = {}
 
 
 def fit_key(source, X):

@@ -384,6 +384,22 @@ def test_disk_key_holds_the_library_versions(images, tmp_path, monkeypatch):
     assert len(list(tmp_path.rglob("_frozen_outputs_by_key/*/output.pkl"))) == 4
 
 
+def test_weights_key_of_weights_as_loaded_names_architecture_and_preprocessing(images):
+    import joblib
+
+    from sktransfer._cache import weights_key
+
+    X, _ = images
+
+    def body(**params):
+        return FineTunedClassifier(backbone="efficientnet_lite0", **params)._load_backbone(X)
+
+    first, again = body(input_size=32), body(input_size=32)  # the second, a copy
+    key = joblib.hash((repr(first), first.preprocess.config, first.source))
+    assert weights_key(first) == weights_key(again) == key
+    assert weights_key(body(input_size=48)) != key
+
+
 def test_weights_key_hashes_bfloat16_weights_by_content():
     import copy
 

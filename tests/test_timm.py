@@ -98,6 +98,7 @@ def test_blocks_leave_the_model_as_it_is_and_share_its_parameters():
 
 
 def test_a_split_that_differs_from_forward_features_is_refused(monkeypatch):
+    monkeypatch.setattr(timm_family, "_SPLITS_CHECKED", set())  # as if built for the first time
     spec = backbones.named_spec("timm:test_resnet")
     model = spec.build_model()
     original = model.forward_features
@@ -108,6 +109,18 @@ def test_a_split_that_differs_from_forward_features_is_refused(monkeypatch):
         r"reproduce its forward_features \(max abs difference",
     ):
         spec.blocks(model)
+
+
+def test_an_architectures_split_is_checked_once_in_a_process(monkeypatch):
+    monkeypatch.setattr(timm_family, "_SPLITS_CHECKED", set())
+    checks, check_split = [], timm_family.check_split
+    monkeypatch.setattr(timm_family, "check_split", lambda *a: checks.append(1) or check_split(*a))
+    spec = backbones.named_spec("timm:test_resnet")
+    first, second = spec.blocks(spec.build_model()), spec.blocks(spec.build_model())
+    assert len(checks) == 1 and len(first) == len(second)
+    other = backbones.named_spec("timm:test_efficientnet")
+    other.blocks(other.build_model())
+    assert len(checks) == 2
 
 
 @pytest.mark.parametrize(

@@ -311,8 +311,16 @@ def check_split(model, blocks, name, layout):
 def _blocks(model, name):
     layout = layout_of(model, name)
     blocks = layout.blocks(model, name)
-    check_split(model, blocks, name, layout)
+    if (name, type(model)) not in _SPLITS_CHECKED:  # an architecture's split, once
+        check_split(model, blocks, name, layout)
+        _SPLITS_CHECKED.add((name, type(model)))
     return blocks
+
+
+# (model name, class) whose split into blocks check_split has passed in this
+# process: it depends on the architecture only (the model is checked as built,
+# before any weights are read).
+_SPLITS_CHECKED = set()
 
 
 class ForwardHead(nn.Module):
