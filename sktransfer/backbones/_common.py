@@ -296,6 +296,7 @@ def build_body(
     pool = None if spec.pool is None else spec.pool(model)
     body = Body(blocks, preprocess=preprocess, pool=pool, activations=spec.activations)
     body.infer_output_dim(preprocess.sample())
+    body.eval()  # as pretrained models are used; a fit sets the modes it trains in
     if channels_last:
         body.to(memory_format=torch.channels_last)
     if key is not None:
