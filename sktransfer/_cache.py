@@ -303,24 +303,17 @@ def weights_key(body):
 
     Pretrained weights still as loaded are identified by their ``source`` (the
     backbone's name and the weights enum member, or the file's path, mtime
-    and size; the key of each source is computed once in a process); other
-    weights are hashed by their bytes, dtype and shape (``joblib.hash`` of a
-    tensor depends on its memory address).
+    and size) and the architecture by the repr the body was built with
+    (``Body.architecture``, kept with the body and its copies: a repr walks
+    every submodule); other weights are hashed by their bytes, dtype and
+    shape (``joblib.hash`` of a tensor depends on its memory address).
     """
     config = getattr(body.preprocess, "config", None)
-    if body.source is not None:  # the architecture follows from the name in it
-        memo = (body.source, config)
-        key = _SOURCE_KEYS.get(memo)
-        if key is None:
-            key = _SOURCE_KEYS[memo] = joblib.hash((repr(body), config, body.source))
-        return key
+    if body.source is not None:  # as built: its repr, if it was kept then
+        architecture = getattr(body, "architecture", None) or repr(body)
+        return joblib.hash((architecture, config, body.source))
     state = {k: _tensor_bytes(v) for k, v in body.state_dict().items()}
     return joblib.hash((repr(body), config, state))
-
-
-# (source, preprocessing config): weights_key of a body as loaded, its repr
-# included, computed once per process (a repr walks every submodule).
-_SOURCE_KEYS = {}
 
 
 def fit_key(source, X):
@@ -588,7 +581,9 @@ def clear_cache():
     again) and the frozen blocks' outputs for the inputs predicted last and the
     samples of recent passes, of models fitted with ``memory``. This frees
     them; a ``memory`` folder on
-    disk is cleared with ``joblib.Memory(folder).clear()``.
+    disk is cleared with ``joblib.Memory(folder).clear()``. (Which timm
+    architectures' blocks were checked to reproduce the model, once each, is
+    kept: that depends on the code alone.)
 
     Examples
     --------

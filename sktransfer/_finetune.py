@@ -919,7 +919,8 @@ class FineTunedClassifier(BackboneMixin, ClassifierMixin, BaseEstimator):
         epochs = (self.optimizer, self.lr, self.weight_decay, self.warmup_epochs)
         batches = (self.batch_size, net.iterator_train__drop_last)
         versions = (*VERSIONS, skorch.__version__)  # skorch runs the epochs
-        settings = (epochs, batches, self.precision, str(self.device), versions)
+        # "pickled arrays": the form _warmup_state stores (dicts of tensors before).
+        settings = (epochs, batches, self.precision, str(self.device), versions, "pickled arrays")
         state = self._cached(_warm_up_by_key, ignore=["run"])(features, y, start, settings, run)
         _restore_warmup(net, state)
 

@@ -385,9 +385,10 @@ def test_disk_key_holds_the_library_versions(images, tmp_path, monkeypatch):
 
 
 def test_weights_key_of_weights_as_loaded_names_architecture_and_preprocessing(images):
-    import joblib
+    import torch
 
     from sktransfer._cache import weights_key
+    from sktransfer._modules import Body
 
     X, _ = images
 
@@ -395,9 +396,13 @@ def test_weights_key_of_weights_as_loaded_names_architecture_and_preprocessing(i
         return FineTunedClassifier(backbone="efficientnet_lite0", **params)._load_backbone(X)
 
     first, again = body(input_size=32), body(input_size=32)  # the second, a copy
-    key = joblib.hash((repr(first), first.preprocess.config, first.source))
-    assert weights_key(first) == weights_key(again) == key
-    assert weights_key(body(input_size=48)) != key
+    assert first.architecture == again.architecture == repr(first)  # kept from the build
+    assert weights_key(first) == weights_key(again)
+    assert weights_key(body(input_size=48)) != weights_key(first)
+    # The same source and preprocessing, another architecture: another key.
+    small, large = Body([torch.nn.Linear(3, 4)]), Body([torch.nn.Linear(3, 5)])
+    small.source = large.source = ("a backbone", ("weights.pt", 1, 2))
+    assert weights_key(small) != weights_key(large)
 
 
 def test_weights_key_hashes_bfloat16_weights_by_content():

@@ -215,20 +215,28 @@ def test_gpu_fitted_model_saved_by_sktransfer_loads_on_cpu(kind, vectors, images
     np.testing.assert_allclose(_output(loaded, X), expected, rtol=1e-6, atol=1e-7)
 
 
-def test_moving_a_module_to_the_device_it_is_on_changes_nothing(vectors):
+def test_moving_a_module_to_the_device_it_is_on_changes_nothing(vectors, monkeypatch):
     from sktransfer._modules import TransferModule
 
     X, y = vectors
     clf = FineTunedClassifier(backbone=make_mlp(n_in=6), max_epochs=2).fit(X, y)
     module = clf.net_.module_
     assert isinstance(module, TransferModule)
+    walks, apply = [], torch.nn.Module._apply
+
+    def counting(self, *args, **kwargs):
+        walks.append(type(self).__name__)
+        return apply(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "_apply", counting)
     tensors = [*module.parameters(), *module.buffers()]
     for device in ("cpu", torch.device("cpu")):
         assert module.to(device) is module and module.body.to(device) is module.body
         moved = [*module.parameters(), *module.buffers()]
         assert len(moved) == len(tensors) and all(a is b for a, b in zip(moved, tensors))
+    assert walks == []  # no submodule visited
     module.to(torch.float64)  # anything else is nn.Module.to's
-    assert all(p.dtype == torch.float64 for p in module.parameters())
+    assert walks and all(p.dtype == torch.float64 for p in module.parameters())
     module.body.to("meta")
     assert all(p.device.type == "meta" for p in module.body.parameters())
     assert module.head.weight.device.type == "cpu"

@@ -66,13 +66,8 @@ def test_the_top_blocks_get_their_gradient_channels_last():
 
     body = Body(list(make_cnn())).to(memory_format=torch.channels_last)
     x = torch.randn(4, 3, 6, 6).contiguous(memory_format=torch.channels_last)
-    seen = []
-
-    def keep_gradient(module, inputs, out):
-        if out.requires_grad:
-            out.register_hook(seen.append)
-
-    body.blocks[-1].register_forward_hook(keep_gradient)
+    seen = []  # the gradient of the last block's output, as its backward gets it
+    body.blocks[-1].register_full_backward_hook(lambda m, g_in, g_out: seen.append(g_out[0]))
     body.run_from(x, 0).square().sum().backward()
     assert len(seen) == 1 and seen[0].is_contiguous(memory_format=torch.channels_last)
     assert not seen[0].is_contiguous()

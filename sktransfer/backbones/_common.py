@@ -10,6 +10,7 @@ attached.
 import copy
 import copyreg
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -140,7 +141,7 @@ def load_strict(model, state, what, ignore_prefixes=()):
 # Values a copy of a module shares with the original, as ``copy.deepcopy`` would.
 _IMMUTABLE = frozenset((type(None), bool, int, float, str, torch.dtype, torch.device))
 _EMPTY_CONTAINERS = (dict, OrderedDict, set)
-_PLAIN_CLASSES = {}  # class: whether copy_module may rebuild its instances
+_PLAIN_CLASSES = weakref.WeakKeyDictionary()  # class: whether copy_module may rebuild it
 
 
 def _immutable_tuple(value):
@@ -149,17 +150,17 @@ def _immutable_tuple(value):
 
 
 def _plain(cls):
-    """Whether ``cls`` pickles and copies as ``nn.Module`` does."""
+    """Whether ``cls`` pickles and copies as ``nn.Module`` does (its methods
+    checked once; ``copyreg``, where one may register it later, each time)."""
     plain = _PLAIN_CLASSES.get(cls)
     if plain is None:
         plain = _PLAIN_CLASSES[cls] = (
             getattr(cls, "__deepcopy__", None) is None
-            and cls not in copyreg.dispatch_table
             and cls.__reduce_ex__ is object.__reduce_ex__
             and cls.__reduce__ is object.__reduce__
             and cls.__getstate__ is nn.Module.__getstate__
         )
-    return plain
+    return plain and cls not in copyreg.dispatch_table
 
 
 def copy_module(module, memo=None):
@@ -301,5 +302,6 @@ def build_body(
         body.to(memory_format=torch.channels_last)
     if key is not None:
         body.source = (spec.name, resolved.source)
+        body.architecture = repr(body)  # for weights_key, once (copies share it)
         PRISTINE.put(key, body)
     return body
