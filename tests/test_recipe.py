@@ -279,3 +279,25 @@ def test_array_batches_are_those_of_torchs_default_collation(vectors, dtypes):
     for (xb, yb), (xd, yd) in pairs:
         assert xb.dtype == xd.dtype and yb.dtype == yd.dtype
         assert torch.equal(xb, xd) and torch.equal(yb, yd)
+
+
+def test_the_probe_runs_blas_on_one_thread_and_puts_its_threads_back(vectors, monkeypatch):
+    from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads():
+        return {i["filepath"]: i["num_threads"] for i in threadpool_info()}
+
+    X, y = vectors
+    seen, fit = [], LogisticRegression.fit
+    monkeypatch.setattr(
+        LogisticRegression, "fit", lambda self, *a: seen.append(blas_threads()) or fit(self, *a)
+    )
+    blas = [i["filepath"] for i in threadpool_info() if i["user_api"] == "blas"]
+    assert blas  # NumPy's at least
+    with threadpool_limits(2, user_api="blas"):
+        before = blas_threads()
+        FineTunedClassifier(backbone=make_mlp(n_in=6), max_epochs=2).fit(X, y)
+        assert blas_threads() == before  # as the caller set them
+    assert len(seen) == 1 and all(seen[0][path] == 1 for path in blas)
+    assert all(before[path] == 2 for path in blas)
