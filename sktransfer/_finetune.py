@@ -197,7 +197,7 @@ def fit_probe(features, y):
     the default threads and 34 ms on one; 10,000 samples, 564 and 224 ms).
     """
     # One probe at a time: each puts back the threads it found, which another's
-    # limit must not be.
+    # limit must not be (another thread's own limit over a probe may still win).
     with _BLAS_LOCK, _blas_threads().limit(limits=1, user_api="blas"):
         probe = LogisticRegression(max_iter=1000).fit(features, y)
     coef, intercept = probe.coef_.astype(np.float32), probe.intercept_.astype(np.float32)
@@ -212,9 +212,10 @@ _BLAS_LOCK = threading.Lock()
 
 @functools.cache
 def _blas_threads():
-    """threadpoolctl's controller of the BLAS libraries loaded (made once:
-    finding them takes milliseconds, limiting them then microseconds)."""
-    return ThreadpoolController()
+    """threadpoolctl's controller of the BLAS libraries loaded, and of them
+    only: putting back their threads then leaves OpenMP's (torch's) alone.
+    Made once: finding them takes milliseconds, limiting them microseconds."""
+    return ThreadpoolController().select(user_api="blas")
 
 
 def _set_head(head, coef, intercept):

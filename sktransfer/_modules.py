@@ -185,11 +185,11 @@ def _on_device(module, args, kwargs):
 
 
 def _channels_last_with_grad(x):
-    """Whether ``x`` is a 4-D tensor that needs a gradient, channels-last and
-    not also contiguous (1 x 1 maps are both)."""
+    """Whether ``x`` is a 4-D tensor that the blocks made with a gradient to
+    come, channels-last and not also contiguous (1 x 1 maps are both)."""
     return (
         isinstance(x, torch.Tensor)
-        and x.requires_grad
+        and x.grad_fn is not None  # made by the blocks (not an input to hook again)
         and x.ndim == 4
         and x.is_contiguous(memory_format=torch.channels_last)
         and not x.is_contiguous()

