@@ -68,26 +68,26 @@ def time_first_epoch(repeats):
     X, y, _, _ = fetch_fashion_mnist()
     X, y = X[:160], y[:160]
     pooled, labels = features(160)
-    folder = tempfile.mkdtemp()
-
-    def fit():
-        return FineTunedClassifier(
-            backbone="efficientnet_lite0",
-            input_size=64,
-            unfreeze_depth=2,
-            max_epochs=5,
-            warmup_epochs=2,
-            random_state=0,
-            memory=folder,
-        ).fit(X, y)
-
-    fit()  # stores the probe and warm-up this benchmark's fits read back
-    torch.set_num_threads(2)
     times = {s: [] for s in SETTINGS}
-    for _ in range(repeats):
-        for setting in SETTINGS:
-            probe(pooled, labels, setting)
-            times[setting].append(fit().history_[2]["dur"])
+    with tempfile.TemporaryDirectory() as folder:
+
+        def fit():
+            return FineTunedClassifier(
+                backbone="efficientnet_lite0",
+                input_size=64,
+                unfreeze_depth=2,
+                max_epochs=5,
+                warmup_epochs=2,
+                random_state=0,
+                memory=folder,
+            ).fit(X, y)
+
+        fit()  # stores the probe and warm-up this benchmark's fits read back
+        torch.set_num_threads(2)
+        for _ in range(repeats):
+            for setting in SETTINGS:
+                probe(pooled, labels, setting)
+                times[setting].append(fit().history_[2]["dur"])
     return [
         {"what": "first fine-tuning epoch after it", "blas": s, "median_ms": _ms(times[s])}
         for s in SETTINGS

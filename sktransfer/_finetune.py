@@ -301,13 +301,12 @@ class _Array:
 
 
 def _arrays(value):
-    """``value`` with each tensor in its dicts, lists and tuples copied to an
-    :class:`_Array`; a tensor NumPy cannot hold (``bfloat16``) copied as it is."""
+    """``value`` with each tensor in its dicts, lists and tuples as an
+    :class:`_Array` (viewing the tensor's memory on the CPU: pickle it before
+    training goes on); a tensor NumPy cannot hold (``bfloat16``) as it is."""
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu()
-        if value.dtype == torch.bfloat16:
-            return value.clone()
-        return _Array(value.numpy().copy())
+        return value if value.dtype == torch.bfloat16 else _Array(value.numpy())
     if isinstance(value, dict):
         return type(value)((k, _arrays(v)) for k, v in value.items())
     if type(value) in (list, tuple):
@@ -316,11 +315,10 @@ def _arrays(value):
 
 
 def _tensors(value):
-    """:func:`_arrays` undone: each :class:`_Array` a new tensor."""
+    """:func:`_arrays` undone, on what pickle gave back: each :class:`_Array`
+    a new tensor."""
     if isinstance(value, _Array):
         return torch.tensor(value.array)
-    if isinstance(value, torch.Tensor):
-        return value.clone()
     if isinstance(value, dict):
         return type(value)((k, _tensors(v)) for k, v in value.items())
     if type(value) in (list, tuple):

@@ -117,7 +117,15 @@ class GlobalPool(nn.Module):
         return pool_features(x)
 
 
-class Body(nn.Module):
+class _MovesWhereNeeded(nn.Module):
+    """A module whose ``to(device)`` returns at once where every parameter
+    and buffer is on that device already (:func:`_on_device`)."""
+
+    def to(self, *args, **kwargs):
+        return self if _on_device(self, args, kwargs) else super().to(*args, **kwargs)
+
+
+class Body(_MovesWhereNeeded):
     """Preprocessing, then the ordered blocks, then pooling to ``(n, d)``.
 
     ``pool`` takes the last block's output to features; by default it
@@ -141,10 +149,6 @@ class Body(nn.Module):
 
     def forward(self, x):
         return self.run_from(self.preprocess(x), 0)
-
-    def to(self, *args, **kwargs):
-        """``nn.Module.to``; see :func:`_on_device`."""
-        return self if _on_device(self, args, kwargs) else super().to(*args, **kwargs)
 
     def run_from(self, x, start):
         """Pooled output for ``x``, the activations entering block ``start``."""
@@ -230,7 +234,7 @@ def new_head(in_features, out_features, generator=None):
 _training = operator.attrgetter("training")
 
 
-class TransferModule(nn.Module):
+class TransferModule(_MovesWhereNeeded):
     """A :class:`Body` with a new linear head, trained as a strategy says.
 
     :meth:`use` applies a strategy (see :mod:`sktransfer._strategy`): which
@@ -304,10 +308,6 @@ class TransferModule(nn.Module):
         if not mode:
             return not any(map(_training, trains)) and not any(map(_training, kept))
         return all(map(_training, trains)) and not any(map(_training, kept))
-
-    def to(self, *args, **kwargs):
-        """``nn.Module.to``; see :func:`_on_device`."""
-        return self if _on_device(self, args, kwargs) else super().to(*args, **kwargs)
 
     def forward(self, x):
         return self.forward_from(x, self.input_stage)
