@@ -8,6 +8,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._freeze import (
+    MODULE_TRAIN,
+    buffers_of,
+    parameters_of,
+    set_modes,
+    submodules,
+    trains_as_module,
+)
+
 
 class ImagePreprocess(nn.Module):
     """Turn a batch of ``(n, C, H, W)`` images into what the weights expect.
@@ -150,6 +159,13 @@ class Body(_MovesWhereNeeded):
     def forward(self, x):
         return self.run_from(self.preprocess(x), 0)
 
+    def train(self, mode=True):
+        """``nn.Module.train``, in one flat walk where that does the same
+        (:func:`~sktransfer._freeze.set_modes`)."""
+        if not set_modes(self, mode):
+            super().train(mode)
+        return self
+
     def run_from(self, x, start):
         """Pooled output for ``x``, the activations entering block ``start``."""
         for block in self.blocks[start:]:
@@ -172,6 +188,9 @@ class Body(_MovesWhereNeeded):
         return self.output_dim
 
 
+MODULE_TRAIN.add(Body.train)
+
+
 def _on_device(module, args, kwargs):
     """Whether ``module.to(*args, **kwargs)`` only names a device that every
     parameter and buffer of ``module`` is on: then it changes nothing, but
@@ -184,7 +203,7 @@ def _on_device(module, args, kwargs):
         if not torch.cuda.is_available():
             return False  # nn.Module.to says why
         device = torch.device("cuda", torch.cuda.current_device())
-    tensors = itertools.chain(module.parameters(), module.buffers())
+    tensors = itertools.chain(parameters_of(module), buffers_of(module))
     return all(t.device == device for t in tensors)
 
 
@@ -256,7 +275,7 @@ class TransferModule(_MovesWhereNeeded):
     def use(self, strategy):
         """Train the backbone as ``strategy`` says; return its parameter groups."""
         groups = strategy.apply(self.body)
-        if any(p.requires_grad for p in self.body.parameters()):
+        if any(p.requires_grad for p in parameters_of(self.body)):
             self.body.source = None  # no longer the weights as loaded
         self._keep_in_eval([self.body.preprocess, *strategy.kept_in_eval(self.body)])
         return groups
@@ -275,11 +294,11 @@ class TransferModule(_MovesWhereNeeded):
         changes it: here).
         """
         self._kept_in_eval = modules
-        kept = {id(m) for k in modules for m in k.modules()}
-        submodules = [m for m in self.modules() if m is not self]
-        self._custom_train = any(type(m).train is not nn.Module.train for m in submodules)
-        trains = [m for m in submodules if id(m) not in kept]
-        self._mode_plan = (trains, [m for m in submodules if id(m) in kept])
+        kept = {id(m) for k in modules for m in submodules(k)}
+        below = submodules(self)[1:]
+        self._custom_train = not trains_as_module(below)
+        trains = [m for m in below if id(m) not in kept]
+        self._mode_plan = (trains, [m for m in below if id(m) in kept])
         self.train(self.training)
 
     def train(self, mode=True):
@@ -287,9 +306,11 @@ class TransferModule(_MovesWhereNeeded):
 
         Nothing to do where every module already is in the mode this would
         set and none overrides ``train()`` (skorch calls it on every batch);
-        a module that does is always called.
+        a module that does is always called. Otherwise one flat walk sets
+        the modes, where that does the same
+        (:func:`~sktransfer._freeze.set_modes`).
         """
-        if self._in_mode(mode):
+        if self._in_mode(mode) or set_modes(self, mode, self._kept_in_eval):
             return self
         super().train(mode)
         if mode:

@@ -23,7 +23,7 @@ import re
 from torch import nn
 
 from ._base import seeded_build
-from ._freeze import block_param_groups, modules_kept_in_eval, set_trainable
+from ._freeze import block_param_groups, modules_kept_in_eval, requires_grad, set_trainable
 
 
 def _units(body):
@@ -41,7 +41,7 @@ class Frozen:
         return n_blocks
 
     def apply(self, body):
-        body.requires_grad_(False)
+        requires_grad(body, False)
         return []
 
     def kept_in_eval(self, body):
@@ -89,7 +89,7 @@ class Scratch:
         return 0
 
     def apply(self, body):
-        body.requires_grad_(True)
+        requires_grad(body, True)
         return []  # in the optimizer's first group, with the head, from the start
 
     def kept_in_eval(self, body):
@@ -227,7 +227,7 @@ class LoRA:
             # in; peft's own attributes stay on the container.
             with seeded_build(self.seed):
                 peft.inject_adapter_in_model(config, top)
-        body.requires_grad_(False)
+        requires_grad(body, False)
         for layer in _lora_layers(body):
             layer.lora_A.requires_grad_(True)
             layer.lora_B.requires_grad_(True)
