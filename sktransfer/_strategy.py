@@ -135,21 +135,23 @@ def adaptable_layers(module):
     ``nn.MultiheadAttention`` (which uses their weights without calling them).
     """
     found = []
-
-    def visit(parent, prefix):
-        for name, child in parent.named_children():
-            full = f"{prefix}{name}"
-            if isinstance(child, nn.Linear):
-                if not isinstance(parent, nn.MultiheadAttention):
-                    found.append((full, child))
-            elif isinstance(child, nn.Conv2d):
-                if tuple(child.kernel_size) == (1, 1) and child.groups == 1:
-                    found.append((full, child))
-            elif not _is_adapter(child):  # an adapter's layers are its own
-                visit(child, f"{full}.")
-
-    visit(module, "")
+    _visit_adaptable(module, "", found)
     return found
+
+
+def _visit_adaptable(parent, prefix, found):
+    # A function of the module, not a closure calling itself (a reference
+    # cycle, which would hold the layers found until a collection).
+    for name, child in parent.named_children():
+        full = f"{prefix}{name}"
+        if isinstance(child, nn.Linear):
+            if not isinstance(parent, nn.MultiheadAttention):
+                found.append((full, child))
+        elif isinstance(child, nn.Conv2d):
+            if tuple(child.kernel_size) == (1, 1) and child.groups == 1:
+                found.append((full, child))
+        elif not _is_adapter(child):  # an adapter's layers are its own
+            _visit_adaptable(child, f"{full}.", found)
 
 
 def _subtrees_without(module, excluded):

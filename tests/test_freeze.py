@@ -51,7 +51,7 @@ def test_set_modes_sets_what_train_and_eval_set(mode, n_kept):
     if mode:
         for k in [expected[1]["b"], expected[0]][:n_kept]:
             k.eval()
-    assert set_modes(model, mode, kept)
+    assert set_modes(model, mode, iter(kept))  # any iterable of modules
     assert _modes(model) == _modes(expected)
     assert len(set(_modes(model))) == (2 if mode and n_kept else 1)
 
@@ -71,8 +71,26 @@ class _OwnSetattr(nn.Linear):
         super().__setattr__(name, value)
 
 
+class _OwnChildren(nn.Linear):
+    def children(self):
+        return iter(())
+
+
+def _train_set_on_the_module(*args):
+    module = nn.Linear(*args)
+    module.train = lambda mode=True: nn.Module.train(module, mode)
+    return module
+
+
 @pytest.mark.parametrize(
-    "odd, where", [(_OwnTrain, "below"), (_OwnEval, "kept"), (_OwnSetattr, "below")]
+    "odd, where",
+    [
+        (_OwnTrain, "below"),
+        (_OwnEval, "kept"),
+        (_OwnSetattr, "below"),
+        (_OwnChildren, "below"),
+        (_train_set_on_the_module, "below"),
+    ],
 )
 def test_set_modes_leaves_modules_with_their_own_methods_to_them(odd, where):
     model = nn.Sequential(nn.Linear(2, 2), nn.Sequential(odd(2, 2), nn.Dropout()))
@@ -84,19 +102,44 @@ def test_set_modes_leaves_modules_with_their_own_methods_to_them(odd, where):
     assert not set_modes(model, 1)  # nn.Module.train raises for a mode that is not a bool
 
 
-def test_bodies_and_transfer_modules_set_modes_in_one_walk():
+def _module(depth):
     blocks = [nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6)), nn.Linear(6, 5)]
     body = Body(blocks)
     body.infer_output_dim(torch.zeros(2, 4))
     module = TransferModule(body, 3, Frozen())
-    module.use(UnfreezeTop(1, backbone_lr=1e-3))
+    module.use(UnfreezeTop(depth, backbone_lr=1e-3))
+    return module
+
+
+@pytest.mark.parametrize("depth", [0, 1])
+def test_bodies_and_transfer_modules_set_modes_in_one_walk(depth):
+    # depth 0 keeps in eval the top block and pool as one unit, a module
+    # list made for the purpose, outside the module tree.
+    module = _module(depth)
     assert set_modes(module, True, module._kept_in_eval)  # Body.train counts as nn.Module's
     assert not module._custom_train
     module.eval()
     assert not any(_modes(module))
     module.train()
-    assert module.training and module.head.training and module.body.blocks[1].training
+    assert module.training and module.head.training
+    assert module.body.blocks[1].training is (depth == 1)
     assert not module.body.blocks[0].training and not module.body.blocks[0][1].training
+    with pytest.raises(ValueError, match="boolean"):
+        module.body.train(1)
+
+
+def test_a_body_calls_the_train_of_a_block_that_has_its_own():
+    calls = []
+
+    class Recorded(nn.Linear):
+        def train(self, mode=True):
+            calls.append(mode)
+            return super().train(mode)
+
+    body = Body([nn.Linear(4, 4), Recorded(4, 4)])
+    body.train(False)
+    body.train()
+    assert calls == [False, True] and all(_modes(body))
 
 
 @pytest.mark.parametrize("memory", [False, True])

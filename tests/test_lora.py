@@ -166,6 +166,25 @@ def test_lora_counts_adapters_and_head(vectors):
     assert _n_params(lora.net_.module_) == _n_params(_mlp()) + head
 
 
+def test_a_lora_model_is_freed_as_soon_as_it_is_dropped(vectors):
+    # No reference cycle holds the layers that adapters were put on.
+    import gc
+    import weakref
+
+    X, y = vectors
+    clf = FineTunedClassifier(backbone=_mlp(), strategy="lora", unfreeze_depth=2, max_epochs=3)
+    gc.collect()
+    gc.disable()  # no collection may free a cycle
+    try:
+        clf.fit(X, y)
+        layers = [m for m in clf.net_.module_.modules() if isinstance(m, nn.Linear)]
+        refs = [weakref.ref(m) for m in (clf.net_.module_, *layers)]
+        del clf, layers
+        assert [ref() for ref in refs] == [None] * len(refs)
+    finally:
+        gc.enable()
+
+
 @pytest.mark.parametrize("frozen_cache", [True, False])
 def test_merged_model_predicts_as_the_unmerged_one(vectors, monkeypatch, frozen_cache):
     X, y = vectors
