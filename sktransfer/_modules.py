@@ -310,6 +310,8 @@ class TransferModule(_MovesWhereNeeded):
         the modes, where that does the same
         (:func:`~sktransfer._freeze.set_modes`).
         """
+        if not isinstance(mode, bool):  # as nn.Module.train, in any mode
+            raise ValueError("training mode is expected to be boolean")
         if self._in_mode(mode) or set_modes(self, mode, self._kept_in_eval):
             return self
         super().train(mode)

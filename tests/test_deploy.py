@@ -259,15 +259,28 @@ def _replace_node(node, key, replacement):
     return False
 
 
-def _renumber(node, offset):
+def _ids(node):
+    """The object ids (``__id__``) of a skops schema."""
+    if isinstance(node, dict):
+        return ([node["__id__"]] if "__id__" in node else []) + _ids(list(node.values()))
+    if isinstance(node, list):
+        return [i for v in node for i in _ids(v)]
+    return []
+
+
+def _renumber(node, first, mapping=None):
+    """Give the objects of a skops schema ids from ``first`` on, the same object
+    the same id. (skops's ids are memory addresses: those of a payload made in
+    this process may be the ids of other objects in the model's schema.)"""
+    mapping = {} if mapping is None else mapping
     if isinstance(node, dict):
         if "__id__" in node:
-            node["__id__"] += offset
+            node["__id__"] = mapping.setdefault(node["__id__"], first + len(mapping))
         for v in node.values():
-            _renumber(v, offset)
+            _renumber(v, first, mapping)
     elif isinstance(node, list):
         for v in node:
-            _renumber(v, offset)
+            _renumber(v, first, mapping)
 
 
 def test_skops_loads_trusting_only_sktransfer_and_refuses_a_tampered_file(
@@ -286,10 +299,10 @@ def test_skops_loads_trusting_only_sktransfer_and_refuses_a_tampered_file(
     # creates a file when loaded.
     marker = tmp_path / "marker"
     payload = json.loads(zipfile.ZipFile(io.BytesIO(sio.dumps(Marker(marker)))).read("schema.json"))
-    _renumber(payload, 10**6)
     with zipfile.ZipFile(path) as z:
         members = {name: z.read(name) for name in z.namelist()}
     schema = json.loads(members["schema.json"])
+    _renumber(payload, max(_ids(schema)) + 1)
     assert _replace_node(schema, "files", payload)
     members["schema.json"] = json.dumps(schema).encode()
     tampered = tmp_path / "tampered.skops"

@@ -124,8 +124,13 @@ def test_bodies_and_transfer_modules_set_modes_in_one_walk(depth):
     assert module.training and module.head.training
     assert module.body.blocks[1].training is (depth == 1)
     assert not module.body.blocks[0].training and not module.body.blocks[0][1].training
-    with pytest.raises(ValueError, match="boolean"):
-        module.body.train(1)
+    for mode in (True, False):  # whatever the mode it is in
+        module.train(mode)
+        for odd in (1, None):
+            with pytest.raises(ValueError, match="boolean"):
+                module.train(odd)
+            with pytest.raises(ValueError, match="boolean"):
+                module.body.train(odd)
 
 
 def test_a_body_calls_the_train_of_a_block_that_has_its_own():
