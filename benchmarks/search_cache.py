@@ -24,6 +24,13 @@ printed. The 1-minute load average is recorded at the end of each row.
 seconds: less disturbed by other work on a shared machine, but on 2 threads
 it counts both threads' time, waiting included.
 
+The search without the cache depends on the memory allocator: with glibc's
+defaults each of its steps gives the early blocks' activations back to the
+kernel and faults them in again. Run it as
+``MALLOC_MMAP_THRESHOLD_=268435456 MALLOC_TRIM_THRESHOLD_=1073741824 python
+benchmarks/search_cache.py`` to time it without that (the header prints the
+``MALLOC_*`` settings in force).
+
     python benchmarks/search_cache.py [--repeats 3] [--n-per-class 24] [--epochs 5]
                                       [--clock {wall,process}]
 
@@ -137,9 +144,10 @@ def main(argv=None):
     X, y = sample(X_train, y_train, args.n_per_class)
     # Imports and the first read of the weights file, out of the first row's timings.
     FineTunedClassifier(backbone="efficientnet_lite0", input_size=64, unfreeze_depth=0).fit(X, y)
+    malloc = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")} or "none"
     print(
         f"{len(y)} images, 64 px, 6 candidates x cv=3, {args.warmup_epochs} warm-up epochs "
-        f"of {args.epochs}; load average {os.getloadavg()[0]:.1f}",
+        f"of {args.epochs}; load average {os.getloadavg()[0]:.1f}; MALLOC_* settings {malloc}",
         flush=True,
     )
     rows = [
