@@ -46,9 +46,10 @@ def parameters_of(module):
     return _tensors_of(submodules(module), "_parameters")
 
 
-def buffers_of(module):
-    """``list(module.buffers())``: each buffer once, in the same order."""
-    return _tensors_of(submodules(module), "_buffers")
+def tensors_of(module):
+    """``[*module.parameters(), *module.buffers()]``, from one walk."""
+    modules = submodules(module)
+    return _tensors_of(modules, "_parameters") + _tensors_of(modules, "_buffers")
 
 
 def _tensors_of(modules, kind):

@@ -1,6 +1,5 @@
 """The torch modules that sktransfer's estimators train and pickle."""
 
-import itertools
 import math
 import operator
 
@@ -10,10 +9,10 @@ from torch import nn
 
 from ._freeze import (
     MODULE_TRAIN,
-    buffers_of,
     parameters_of,
     set_modes,
     submodules,
+    tensors_of,
     trains_as_module,
 )
 
@@ -203,8 +202,7 @@ def _on_device(module, args, kwargs):
         if not torch.cuda.is_available():
             return False  # nn.Module.to says why
         device = torch.device("cuda", torch.cuda.current_device())
-    tensors = itertools.chain(parameters_of(module), buffers_of(module))
-    return all(t.device == device for t in tensors)
+    return all(t.device == device for t in tensors_of(module))
 
 
 def _channels_last_with_grad(x):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from sktransfer._freeze import buffers_of, parameters_of, set_modes, submodules
+from sktransfer._freeze import parameters_of, set_modes, submodules, tensors_of
 from sktransfer._modules import Body, TransferModule
 from sktransfer._strategy import Frozen, UnfreezeTop
 
@@ -32,7 +32,8 @@ def test_walks_give_what_torch_gives_in_the_same_order():
     model = _tangled()
     assert submodules(model) == list(model.modules())
     assert [id(p) for p in parameters_of(model)] == [id(p) for p in model.parameters()]
-    assert [id(b) for b in buffers_of(model)] == [id(b) for b in model.buffers()]
+    expected = [*model.parameters(), *model.buffers()]
+    assert [id(t) for t in tensors_of(model)] == [id(t) for t in expected]
     assert len(submodules(model)) < len(list(model.modules(remove_duplicate=False)))
 
 
